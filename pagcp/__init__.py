@@ -1,0 +1,39 @@
+"""pagcp: performance-aware global channel pruning (PAGCP) for CNNs, with compiled kernels.
+
+Top-level API (imported lazily so that ``import pagcp`` stays cheap and never fails):
+
+- ``load_model(spec, nc=None, device="cpu")`` / ``save_model(model, path, **meta)`` / ``model_stats(model)``
+- ``trace(model, example_input)`` -> channel graph (units, keep-masks, masked execution, slicing)
+- ``prune(model, loss_fn, batches, example_input, **settings)`` -> PAGCP on any traceable CNN
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "pagcp.models.checkpoint",
+    "save_model": "pagcp.models.checkpoint",
+    "model_stats": "pagcp.models.stats",
+    "trace": "pagcp.graph",
+    "prune": "pagcp.api",
+    "PagcpError": "pagcp.errors",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pagcp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,214 @@
+"""Loading and saving models: bundled configs, yaml files, official YOLOv5 ``.pt`` files, pagcp checkpoints.
+
+pagcp's own checkpoint is a plain dict (no pickled classes, ``torch.load(weights_only=True)`` reads it)::
+
+    {"format": "pagcp", "version": 1, "yaml": {...}, "widths": {conv name: [in, out, groups]},
+     "state_dict": {...}, "names": [...], "meta": {...}}
+
+The yaml describes the unpruned network; every conv's actual width comes from its tensors, so pruned models
+round-trip (official pruned checkpoints load the same way).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError, UnsafePickleError
+from .safe_pickle import safe_pickle_module
+from .yolo import CONFIG_DIR, Model, bundled_configs
+
+FORMAT = "pagcp"
+VERSION = 1
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def bundled_weights() -> list[str]:
+    """Names of the checkpoints shipped inside the package (e.g. 'yolov5n-demo')."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def fit_widths(model: nn.Module, state_dict: dict[str, torch.Tensor], groups: dict[str, int] | None = None) -> None:
+    """Resize every Conv2d / BatchNorm2d of ``model`` in place to the shapes found in ``state_dict``.
+
+    ``groups`` (conv name -> groups) overrides the group count; otherwise a depthwise conv stays depthwise.
+    """
+    groups = groups or {}
+    for name, module in list(model.named_modules()):
+        weight = state_dict.get(f"{name}.weight")
+        if weight is None:
+            continue
+        if isinstance(module, nn.Conv2d):
+            g = groups.get(name)
+            if g is None:
+                depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+                g = weight.shape[0] if depthwise else module.groups
+            c_out, c_in = weight.shape[0], weight.shape[1] * g
+            if (c_out, c_in, g) != (module.out_channels, module.in_channels, module.groups):
+                new = nn.Conv2d(
+                    c_in, c_out, module.kernel_size, module.stride, module.padding, module.dilation, g,
+                    bias=module.bias is not None, padding_mode=module.padding_mode,
+                )
+                _set_submodule(model, name, new)
+        elif isinstance(module, nn.BatchNorm2d) and weight.shape[0] != module.num_features:
+            new = nn.BatchNorm2d(weight.shape[0], module.eps, module.momentum, module.affine,
+                                 module.track_running_stats)
+            _set_submodule(model, name, new)
+
+
+def conv_widths(model: nn.Module) -> dict[str, list[int]]:
+    """Every Conv2d's [in_channels, out_channels, groups], by module name."""
+    return {n: [m.in_channels, m.out_channels, m.groups] for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def _build(cfg: dict, state_dict: dict[str, torch.Tensor], source: str, nc: int | None,
+           groups: dict[str, int] | None = None) -> Model:
+    file_nc = int(cfg.get("nc", -1))
+    if nc is not None and nc != file_nc:
+        raise CheckpointError(
+            f"{source}: the checkpoint was trained for nc={file_nc} classes but nc={nc} was requested; "
+            "load it without nc (or with the data yaml that matches it)"
+        )
+    try:
+        model = Model(cfg)
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: its model yaml is invalid: {e}") from e
+    fit_widths(model, state_dict, groups)
+    state_dict = {k: v for k, v in state_dict.items() if not k.endswith("anchor_grid")}
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: weights do not fit the model described by its yaml: {e}") from e
+    return model
+
+
+def _load_pagcp(ckpt: dict, source: str, nc: int | None) -> Model:
+    version = ckpt.get("version", 0)
+    if version > VERSION:
+        raise CheckpointError(f"{source}: pagcp checkpoint version {version} is newer than this pagcp ({VERSION})")
+    groups = {k: int(v[2]) for k, v in ckpt.get("widths", {}).items()}
+    model = _build(ckpt["yaml"], ckpt["state_dict"], source, nc, groups)
+    model.names = list(ckpt.get("names") or model.names)
+    model.meta = dict(ckpt.get("meta") or {})
+    return model
+
+
+def _load_official(path: Path, nc: int | None) -> Model:
+    try:
+        ckpt = torch.load(path, map_location="cpu", pickle_module=safe_pickle_module, weights_only=False)
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("model") is None and ckpt.get("ema") is None:
+        raise CheckpointError(f"{path}: not a YOLOv5 checkpoint (expected a dict with 'model' or 'ema')")
+    src = ckpt.get("ema") or ckpt.get("model")
+    if not isinstance(src, nn.Module):
+        raise CheckpointError(f"{path}: its 'model' entry is a {type(src).__name__}, not a pickled YOLOv5 model")
+    cfg = getattr(src, "yaml", None)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: the pickled model carries no yaml dict; cannot rebuild its architecture")
+    model = _build(cfg, src.state_dict(), str(path), nc)
+    names = getattr(src, "names", None)
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    if names:
+        model.names = [str(n) for n in names]
+    model.meta = {"source": "yolov5", "epoch": ckpt.get("epoch")}
+    return model
+
+
+def load_checkpoint_file(path: str | Path, nc: int | None = None) -> Model:
+    """Load a pagcp checkpoint or an official YOLOv5 ``.pt`` file (through the allow-listing unpickler)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError):
+        ckpt = None  # not a pure-tensor file: an official checkpoint goes through the safe unpickler
+    except (EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file): {e}") from e
+    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        return _load_pagcp(ckpt, str(path), nc)
+    return _load_official(path, nc)
+
+
+def load_model(spec: str | Path, nc: int | None = None, device: str | torch.device = "cpu") -> Model:
+    """Load a YOLOv5 model in eval mode, float32, on ``device``.
+
+    ``spec``: a bundled config name ('yolov5s', 'yolov5m-v5'), a bundled checkpoint name ('yolov5n-demo'),
+    a model yaml path, an official YOLOv5 ``.pt`` file (v5.0 to v7.0) or a pagcp checkpoint.
+    ``nc`` sets the class count of a config; for a checkpoint it must match the file's.
+    """
+    text = str(spec)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or (not path.exists() and (CONFIG_DIR / f"{text}.yaml").exists()):
+        if path.suffix and not path.exists():
+            raise ConfigError(f"{path}: model yaml not found")
+        model = Model(path if path.exists() else text, nc=nc)
+    elif path.exists() or path.suffix in (".pt", ".pth") or os.sep in text:
+        model = load_checkpoint_file(path, nc)
+    elif text in bundled_weights():
+        model = load_checkpoint_file(WEIGHTS_DIR / f"{text}.pt", nc)
+    else:
+        raise CheckpointError(
+            f"{text}: no such file, and not a bundled model; bundled configs: {', '.join(bundled_configs())}; "
+            f"bundled checkpoints: {', '.join(bundled_weights()) or 'none'}"
+        )
+    return model.to(device).float().eval()
+
+
+def _check_meta(value: Any, key: str) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, (list, tuple)):
+        return [_check_meta(v, key) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _check_meta(v, f"{key}.{k}") for k, v in value.items()}
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    raise TypeError(f"save_model: metadata '{key}' has type {type(value).__name__}; use plain numbers, "
+                    "strings, lists, dicts or tensors")
+
+
+def save_model(model: nn.Module, path: str | Path, **meta: Any) -> Path:
+    """Write ``model`` as a pagcp checkpoint (atomic: temp file + rename). Returns the path."""
+    cfg = getattr(model, "yaml", None)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: save_model needs a pagcp YOLOv5 model (one with a .yaml config dict)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "format": FORMAT,
+        "version": VERSION,
+        "yaml": cfg,
+        "widths": conv_widths(model),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "names": list(getattr(model, "names", [])),
+        "meta": {k: _check_meta(v, k) for k, v in meta.items()},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,99 @@
+"""Build and install pagcp.
+
+Build switches (environment variables):
+
+| variable | default | effect |
+|---|---|---|
+| PAGCP_SKIP_EXT=1 | off | build no C++/CUDA extension at all (pure Python + Triton install) |
+| PAGCP_SKIP_CUDA_BUILD=1 | off | build only the CPU (OpenMP) part of pagcp._C |
+| PAGCP_CUDA_ARCHS | "9.0" | CUDA architectures to compile for, e.g. "8.0;9.0+PTX" (overrides TORCH_CUDA_ARCH_LIST) |
+| MAX_JOBS | cores | parallel compile jobs (ninja) |
+
+The CUDA part is built only when torch is a CUDA build and a CUDA toolkit (nvcc) is found.
+The Triton kernels in ``kernels/`` install as ``pagcp.kernels``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cuda_archs() -> str:
+    """CUDA architectures for nvcc: PAGCP_CUDA_ARCHS, else an explicit TORCH_CUDA_ARCH_LIST, else 9.0."""
+    return os.environ.get("PAGCP_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "9.0"
+
+
+def _extensions():
+    """The pagcp._C extension (CPU always, CUDA when possible) and its build command, or nothing."""
+    if os.environ.get("PAGCP_SKIP_EXT") == "1":
+        return [], {}
+    cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    if not cpp:
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:  # torch absent: install the pure-Python package
+        return [], {}
+    cuda = sorted(glob.glob(os.path.join("csrc", "*.cu")))
+    with_cuda = (
+        bool(cuda)
+        and os.environ.get("PAGCP_SKIP_CUDA_BUILD") != "1"
+        and torch.version.cuda is not None
+        and cpp_extension.CUDA_HOME is not None
+    )
+    cxx = ["-O3", "-fopenmp", "-std=c++20"]
+    depends = sorted(glob.glob(os.path.join("csrc", "*.h")))
+    if with_cuda:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_archs()
+        ext = cpp_extension.CUDAExtension(
+            "pagcp._C",
+            cpp + cuda,
+            depends=depends,
+            define_macros=[("PAGCP_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20"]},
+            extra_link_args=["-fopenmp"],
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "pagcp._C", cpp, depends=depends, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"]
+        )
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="pagcp",
+    version="0.1.0",
+    description="Compiled-kernel accelerated performance-aware global channel pruning (PAGCP) for CNNs",
+    long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pagcp", "pagcp.*"]) + ["pagcp.kernels"],
+    package_dir={"pagcp.kernels": "kernels"},
+    package_data={"pagcp": ["models/configs/*.yaml", "weights/*.pt", "data/*.yaml"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "pillow",
+        "matplotlib",
+        "pycocotools",
+    ],
+    extras_require={
+        "demo": ["scikit-image", "scikit-learn"],
+        "test": ["pytest", "pytest-benchmark", "scikit-image", "scikit-learn", "ruff"],
+        "triton": ["triton>=3.6"],
+    },
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

@@ -1,0 +1,31 @@
+"""Shared test setup.
+
+Triton kernels run under the interpreter on machines without a CUDA device; the variable must be set
+before triton is first imported, so it is set here, at collection time.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+if "TRITON_INTERPRET" not in os.environ and not glob.glob("/dev/nvidia[0-9]*"):
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
