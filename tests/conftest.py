@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see pagcp/__init__.py
 if "TRITON_INTERPRET" not in os.environ and not glob.glob("/dev/nvidia[0-9]*"):
     os.environ["TRITON_INTERPRET"] = "1"
 
