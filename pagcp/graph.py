@@ -1,0 +1,305 @@
+"""The channel graph: trace a CNN once, find its pruning units, count FLOPs/params from keep-masks.
+
+``graph = pagcp.trace(model, example_input)`` symbolically traces ``model`` with torch.fx (Conv2d,
+BatchNorm and activations are leaves as usual, so are the YOLOv5 Detect head and any module named in
+``leaf_modules``), propagates shapes, and discovers every channel coupling (see graph_channels).
+Pruning state is a *keep* dict: unit name -> bool tensor of the unit's size; missing units keep all.
+
+- ``print(graph)``: each unit, its size, members and consumers (with input offsets).
+- ``graph.flops(keep, img_size)`` / ``graph.params(keep)``: analytic counts equal to
+  ``pagcp.model_stats`` of ``graph.slice(keep)``.
+- ``with graph.masked(keep): model(x)``: the same model objects run as if pruned (pagcp.masks).
+- ``graph.slice(keep)``: a new, physically smaller model (pagcp.slicing).
+- ``graph.split_at(unit)``: prefix/suffix GraphModules for caching upstream activations (graph_split).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from .errors import ConfigError, PagcpError, TraceError
+from .graph_channels import ChannelAnalysis, ModuleChannels, detect_like_consumers
+from .graph_counts import Counter
+from .graph_shapes import ConvCall, propagate_shapes
+from .graph_split import Split, split_at
+from .graph_units import Unit, build_units, display_name
+
+Keep = dict[str, torch.Tensor]
+LeafSpec = str | type
+
+
+def _default_leaf_types() -> tuple[type, ...]:
+    try:
+        from .models.yolo import Detect
+    except ImportError:  # the model zoo is optional for generic CNNs
+        return ()
+    return (Detect,)
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer with extra leaves that remembers the module stack when tracing fails."""
+
+    def __init__(self, leaf_names: set[str], leaf_types: tuple[type, ...]):
+        super().__init__()
+        self.leaf_names = leaf_names
+        self.leaf_types = leaf_types
+        self.stack: list[tuple[str, str]] = []
+        self.failed_in: list[tuple[str, str]] | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
+            return True
+        if type(m).__name__ == "Detect":  # YOLOv5-style heads from other zoos
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        self.stack.append((self.path_of_module(m), type(m).__name__))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = list(self.stack)
+            raise
+        finally:
+            self.stack.pop()
+
+
+def _symbolic_trace(model: nn.Module, n_inputs: int, leaf_modules: Iterable[LeafSpec]) -> fx.GraphModule:
+    names = {spec for spec in leaf_modules if isinstance(spec, str)}
+    types = tuple(spec for spec in leaf_modules if isinstance(spec, type)) + _default_leaf_types()
+    tracer = _Tracer(names, types)
+    params = list(inspect.signature(model.forward).parameters.values())[n_inputs:]
+    concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    try:
+        graph = tracer.trace(model, concrete_args=concrete or None)
+    except Exception as e:
+        if not tracer.failed_in:
+            raise TraceError(
+                f"torch.fx cannot trace the forward of {type(model).__name__} itself: {type(e).__name__}: {e}. "
+                "Move the untraceable code into a submodule and pass it as leaf_modules=[...]."
+            ) from e
+        name, cls = tracer.failed_in[-1]
+        raise TraceError(
+            f"torch.fx cannot trace module '{name}' ({cls}): {type(e).__name__}: {e}. "
+            f"Make it a leaf: pagcp.trace(model, x, leaf_modules=['{name}']) "
+            "(a leaf's input channels are then not prunable, unless it is a Detect-like head)."
+        ) from e
+    return fx.GraphModule(model, graph, class_name=type(model).__name__)
+
+
+class ChannelGraph:
+    """Pruning units of a traced model, analytic FLOPs/params, masked execution and slicing.
+
+    Attributes: ``model`` (the traced model, never modified outside ``masked``), ``gm`` (the fx
+    GraphModule sharing its submodules), ``units`` (list of Unit, in topological order of their first
+    producer), ``nodes`` (fx nodes in topological order), ``modules`` (prunable module name ->
+    ModuleChannels: kind conv/depthwise/bn/linear), ``out_index`` / ``in_index`` (module name -> for
+    each of its output / input channels, its index in the global keep vector; 0 = never pruned),
+    ``pinned`` (reason -> number of conv output channels that can never be pruned).
+    """
+
+    def __init__(self, model: nn.Module, gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]):
+        self.model = model
+        self.gm = gm
+        self.input_shapes = [tuple(t.shape) for t in inputs]
+        self._names = {id(m): n for n, m in model.named_modules()}
+        record = propagate_shapes(gm, inputs, self._names)
+        self.node_shapes = record.node_shapes
+        self._conv_calls: dict[tuple, dict[str, list[ConvCall]]] = {self._shape_key(inputs): record.conv_calls}
+        analysis = ChannelAnalysis(gm, record, detect_like_consumers).run()
+        table = build_units(analysis)
+        self.units: list[Unit] = table.units
+        self.modules: dict[str, ModuleChannels] = table.modules
+        self.pinned: dict[str, int] = table.pinned
+        self.out_index: dict[str, torch.Tensor] = table.out_index
+        self.in_index: dict[str, torch.Tensor] = table.in_index
+        self._counter = Counter(model, self.modules, self.out_index, self.in_index)
+        self._by_name = {u.name: u for u in self.units}
+        self._size = 1 + sum(u.size for u in self.units)
+        self.nodes: list[fx.Node] = list(gm.graph.nodes)
+        self._splits: dict[str, Split] = {}
+
+    # -- units ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def __iter__(self) -> Iterator[Unit]:
+        return iter(self.units)
+
+    def __getitem__(self, name: str) -> Unit:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no unit named {name!r}; units: {', '.join(self._by_name)}") from None
+
+    def units_of_conv(self, name: str) -> list[Unit]:
+        """Units holding output channels of the Conv2d ``name`` (producer or depthwise member)."""
+        return [u for u in self.units if name in u.members]
+
+    def unit_of_conv(self, name: str) -> Unit | None:
+        """The unit of a Conv2d's output channels; None if they are all pinned.
+
+        Raises PagcpError when the conv's outputs are split over several units (see units_of_conv).
+        """
+        found = self.units_of_conv(name)
+        if len(found) > 1:
+            raise PagcpError(
+                f"conv {name} feeds {len(found)} units ({', '.join(u.name for u in found)}); use graph.units_of_conv"
+            )
+        return found[0] if found else None
+
+    # -- keep-masks ----------------------------------------------------------------------------
+    def full_keep(self) -> Keep:
+        """All channels kept: unit name -> all-True bool tensor."""
+        return {u.name: torch.ones(u.size, dtype=torch.bool) for u in self.units}
+
+    def keep_vector(self, keep: Keep | None) -> torch.Tensor:
+        """The global keep vector (index 0 = channels outside any unit, always kept).
+
+        Units missing from ``keep`` keep every channel; each unit must keep at least one channel.
+        """
+        vector = torch.ones(self._size, dtype=torch.bool)
+        for name, mask in (keep or {}).items():
+            unit = self[name]
+            mask = torch.as_tensor(mask, dtype=torch.bool).flatten().cpu()
+            if mask.numel() != unit.size:
+                raise ConfigError(f"keep[{name!r}] has {mask.numel()} entries; the unit has {unit.size} channels")
+            if not bool(mask.any()):
+                raise ConfigError(f"keep[{name!r}] prunes every channel; keep at least one")
+            vector[unit.offset : unit.offset + unit.size] = mask
+        return vector
+
+    def module_keep(self, keep: Keep | None) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """Prunable modules touched by ``keep``: name -> (output keep, input keep); None = all kept."""
+        vector = self.keep_vector(keep)
+        plan: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        for name in self.modules:
+            out = vector[self.out_index[name]] if name in self.out_index else None
+            inp = vector[self.in_index[name]] if name in self.in_index else None
+            out = None if out is None or bool(out.all()) else out
+            inp = None if inp is None or bool(inp.all()) else inp
+            if out is not None or inp is not None:
+                plan[name] = (out, inp)
+        return plan
+
+    # -- analytic counts -----------------------------------------------------------------------
+    @staticmethod
+    def _shape_key(inputs: Sequence[torch.Tensor]) -> tuple:
+        return tuple(tuple(t.shape[1:]) for t in inputs)
+
+    def _calls_at(self, input_shape: Sequence[int] | None) -> tuple[tuple, dict[str, list[ConvCall]]]:
+        if input_shape is None:
+            return next(iter(self._conv_calls.items()))
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        inputs = (torch.zeros(tuple(input_shape), dtype=dtype, device=device),)
+        key = self._shape_key(inputs)
+        if key not in self._conv_calls:
+            self._conv_calls[key] = propagate_shapes(self.gm, inputs, self._names).conv_calls
+        return key, self._conv_calls[key]
+
+    def flops(
+        self,
+        keep: Keep | None = None,
+        img_size: int | tuple[int, int] | None = None,
+        input_shape: Sequence[int] | None = None,
+    ) -> int:
+        """FLOPs (2 x multiply-adds of every Conv2d, per image) of the model pruned by ``keep``.
+
+        At the traced input size unless ``img_size`` (square int or (h, w)) or a full ``input_shape``
+        is given; other sizes are shape-propagated once (on the meta device) and cached.
+        ``flops / 1e9`` equals ``pagcp.model_stats(graph.slice(keep), img_size)["gflops"]``.
+        """
+        if img_size is not None and input_shape is None:
+            h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+            input_shape = (1, self.input_shapes[0][1], h, w)
+        key, calls = self._calls_at(input_shape)
+        return self._counter.flops(self.keep_vector(keep), key, calls)
+
+    def gflops(self, keep: Keep | None = None, img_size: int | tuple[int, int] | None = None) -> float:
+        """``flops(keep, img_size) / 1e9``."""
+        return self.flops(keep, img_size) / 1e9
+
+    def params(self, keep: Keep | None = None) -> int:
+        """Number of parameters (every parameter, BN and biases included) of the pruned model."""
+        return self._counter.params(self.keep_vector(keep))
+
+    def kept_widths(self, keep: Keep | None) -> dict[str, tuple[int | None, int | None]]:
+        """Prunable module name -> (kept output width, kept input width); None where not indexed."""
+        out_k, in_k = self._counter.kept(self.keep_vector(keep))
+        return {
+            name: (
+                int(out_k[i]) if name in self.out_index else None,
+                int(in_k[i]) if name in self.in_index else None,
+            )
+            for i, name in enumerate(self.modules)
+        }
+
+    # -- execution -----------------------------------------------------------------------------
+    def masked(self, keep: Keep | None) -> AbstractContextManager[nn.Module]:
+        """Context manager: inside, ``graph.model`` computes exactly what ``slice(keep)`` computes."""
+        from .masks import masked
+
+        return masked(self, keep)
+
+    def slice(self, keep: Keep | None) -> nn.Module:
+        """A new model with the pruned channels physically removed; ``graph.model`` is untouched."""
+        from .slicing import slice_model
+
+        return slice_model(self, keep)
+
+    def split_at(self, unit: Unit | str) -> Split:
+        """The network cut before ``unit``'s first producer, for prefix caching (see pagcp.graph_split)."""
+        unit = self[unit] if isinstance(unit, str) else unit
+        if unit.name not in self._splits:
+            self._splits[unit.name] = split_at(self.gm, unit)
+        return self._splits[unit.name]
+
+    # -- printing ------------------------------------------------------------------------------
+    def __str__(self) -> str:
+        shape = "x".join(str(s) for s in self.input_shapes[0])
+        total = sum(u.size for u in self.units)
+        lines = [
+            f"ChannelGraph of {type(self.model).__name__} traced at {shape}: "
+            f"{len(self.units)} units, {total} prunable channels"
+        ]
+        header = ("#", "unit", "size", "members", "consumers (input offsets)")
+        rows = []
+        for u in self.units:
+            members = ", ".join(display_name(m) for m in u.members)
+            consumers = ", ".join(c.describe(u.size) for c in u.consumers) or "-"
+            rows.append((str(u.index), u.name, str(u.size), members, consumers))
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        for r in [header, *rows]:
+            lines.append("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
+        if self.pinned:
+            pins = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.pinned.items()))
+            lines.append(f"conv channels not prunable: {pins}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"ChannelGraph({type(self.model).__name__}, units={len(self.units)})"
+
+
+def trace(
+    model: nn.Module,
+    example_input: torch.Tensor | Sequence[torch.Tensor],
+    leaf_modules: Iterable[LeafSpec] = (),
+) -> ChannelGraph:
+    """Trace ``model`` once and build its channel graph.
+
+    ``example_input``: a tensor (or a sequence of positional tensors) of the shape the model will
+    run at. ``leaf_modules``: module qualified names or classes fx must not trace into (their input
+    channels become unprunable, except for Detect-like heads whose ``m[i]`` convs read input i).
+    Raises TraceError naming the module fx could not trace.
+    """
+    inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
+    gm = _symbolic_trace(model, len(inputs), tuple(leaf_modules))
+    return ChannelGraph(model, gm, inputs)
