@@ -6,7 +6,7 @@ Build switches (environment variables):
 |---|---|---|
 | PAGCP_SKIP_EXT=1 | off | build no C++/CUDA extension at all (pure Python + Triton install) |
 | PAGCP_SKIP_CUDA_BUILD=1 | off | build only the CPU (OpenMP) part of pagcp._C |
-| PAGCP_CUDA_ARCHS | "9.0" | CUDA architectures to compile for, e.g. "8.0;9.0+PTX" (overrides TORCH_CUDA_ARCH_LIST) |
+| PAGCP_CUDA_ARCHS | "9.0" | CUDA architectures, e.g. "8.0;9.0+PTX" (beats TORCH_CUDA_ARCH_LIST) |
 | MAX_JOBS | cores | parallel compile jobs (ninja) |
 
 The CUDA part is built only when torch is a CUDA build and a CUDA toolkit (nvcc) is found.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 
 from setuptools import find_packages, setup
 
@@ -26,6 +27,19 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 def _cuda_archs() -> str:
     """CUDA architectures for nvcc: PAGCP_CUDA_ARCHS, else an explicit TORCH_CUDA_ARCH_LIST, else 9.0."""
     return os.environ.get("PAGCP_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "9.0"
+
+
+def _cuda_library_dirs(cuda_home: str) -> list[str]:
+    """Folders holding libcudart.so: CUDA_HOME may be /usr/local with the toolkit under cuda-X.Y/."""
+    nvcc = shutil.which("nvcc") or os.path.join(cuda_home, "bin", "nvcc")
+    roots = [cuda_home, os.path.join(cuda_home, "cuda"), os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))]
+    found = []
+    for root in roots:
+        for sub in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib")):
+            folder = os.path.join(root, sub)
+            if os.path.exists(os.path.join(folder, "libcudart.so")) and folder not in found:
+                found.append(folder)
+    return found
 
 
 def _extensions():
@@ -47,7 +61,7 @@ def _extensions():
         and torch.version.cuda is not None
         and cpp_extension.CUDA_HOME is not None
     )
-    cxx = ["-O3", "-fopenmp", "-std=c++20"]
+    cxx = ["-O3", "-fopenmp", "-std=c++20", "-fno-trapping-math", "-fno-math-errno"]
     depends = sorted(glob.glob(os.path.join("csrc", "*.h")))
     if with_cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_archs()
@@ -55,6 +69,7 @@ def _extensions():
             "pagcp._C",
             cpp + cuda,
             depends=depends,
+            library_dirs=_cuda_library_dirs(cpp_extension.CUDA_HOME),
             define_macros=[("PAGCP_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20"]},
             extra_link_args=["-fopenmp"],

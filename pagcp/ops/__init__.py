@@ -1,0 +1,23 @@
+"""Public op entry points of pagcp, each with three implementations behind one signature.
+
+- :func:`filter_saliency` — per-filter Lp norm over alive input channels, all layers in one launch;
+- :func:`masked_bn_act` / :func:`masked_bn_act_rows` — folded BN + activation + R candidate masks;
+- :func:`channel_activation_stats` — per-channel mean |x| and mean x^2.
+
+Every op takes ``backend=None|"torch"|"cpp"|"cuda"|"triton"``; see :mod:`pagcp.ops.dispatch` for how
+``None`` resolves and :func:`backends` for what this machine can run.
+"""
+
+from .activation_stats import channel_activation_stats
+from .bn_act import masked_bn_act, masked_bn_act_rows
+from .dispatch import BACKENDS, backends
+from .saliency import filter_saliency
+
+__all__ = [
+    "BACKENDS",
+    "backends",
+    "channel_activation_stats",
+    "filter_saliency",
+    "masked_bn_act",
+    "masked_bn_act_rows",
+]

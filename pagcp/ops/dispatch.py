@@ -1,0 +1,129 @@
+"""Backend resolution for the pagcp ops: explicit argument > ``PAGCP_BACKEND`` > auto.
+
+Backends:
+
+- ``torch``: the pure-PyTorch reference (always available);
+- ``cpp``: the compiled extension ``pagcp._C`` on the tensor's device (CPU with OpenMP, CUDA where built);
+- ``cuda``: the extension's CUDA implementation only (CUDA tensors);
+- ``triton``: the Triton kernels in ``pagcp.kernels`` (CUDA tensors, or CPU tensors under
+  ``TRITON_INTERPRET=1``).
+
+Auto picks Triton, then the CUDA extension, for CUDA tensors and the C++ extension for CPU tensors,
+falling back to the reference with one warning per process. A backend named explicitly (argument or
+environment) that cannot run raises :class:`pagcp.errors.BackendUnavailableError` saying why.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import warnings
+
+import torch
+
+from ..errors import BackendUnavailableError, ConfigError
+from . import extension
+
+BACKENDS = ("torch", "cpp", "cuda", "triton")
+ENV_VAR = "PAGCP_BACKEND"
+
+_warned = False
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def _triton_import_error() -> str:
+    if importlib.util.find_spec("triton") is None:
+        return "the triton package is not installed (pip install 'triton>=3.6')"
+    try:
+        from .. import kernels  # noqa: F401  (pagcp.kernels, installed from kernels/)
+    except ImportError as exc:
+        return f"pagcp.kernels failed to import ({exc})"
+    return ""
+
+
+def availability(name: str, device: torch.device | None) -> tuple[bool, str]:
+    """(available, reason) of one backend for tensors on ``device`` (None: any device)."""
+    cuda_device = device is not None and device.type == "cuda"
+    if name == "torch":
+        return True, "pure-PyTorch reference"
+    if name in ("cpp", "cuda"):
+        if extension.EXTENSION is None:
+            return False, extension.LOAD_ERROR
+        wants_cuda = name == "cuda" or cuda_device
+        if wants_cuda and not extension.with_cuda():
+            return False, "pagcp._C was built without CUDA (no CUDA toolkit, or PAGCP_SKIP_CUDA_BUILD=1)"
+        if wants_cuda and not torch.cuda.is_available():
+            return False, "pagcp._C has CUDA kernels but no CUDA device is visible"
+        if name == "cuda" and device is not None and not cuda_device:
+            return False, f"the cuda backend needs CUDA tensors, got tensors on {device}"
+        if device is not None and device.type not in ("cpu", "cuda"):
+            return False, f"pagcp._C has no kernels for {device.type} tensors"
+        return True, "pagcp._C (CUDA)" if wants_cuda else "pagcp._C (CPU, OpenMP)"
+    if name == "triton":
+        error = _triton_import_error()
+        if error:
+            return False, error
+        if cuda_device or (device is None and torch.cuda.is_available()):
+            return True, "Triton kernels on the GPU"
+        if triton_interpreted():
+            return True, "Triton kernels under the CPU interpreter (TRITON_INTERPRET=1)"
+        return False, "Triton needs a CUDA device (or TRITON_INTERPRET=1 for CPU tensors)"
+    raise ConfigError(f"unknown op backend {name!r}; choose one of {', '.join(BACKENDS)} (or leave it unset)")
+
+
+def backends() -> dict[str, tuple[bool, str]]:
+    """Which backends can run here: name -> (available, reason). Devices default to CUDA when visible."""
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    result = {name: availability(name, device) for name in BACKENDS}
+    if device.type == "cuda":  # the cpp backend also serves CPU tensors
+        cpu_ok, cpu_reason = availability("cpp", torch.device("cpu"))
+        if cpu_ok and not result["cpp"][0]:
+            result["cpp"] = (True, f"{cpu_reason}; CUDA: {result['cpp'][1]}")
+    return result
+
+
+def _fallback_warning(device: torch.device, reasons: list[str]) -> None:
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    warnings.warn(
+        f"pagcp ops: no compiled backend for {device.type} tensors ({'; '.join(reasons)}); using the slower "
+        f"pure-PyTorch reference. Set {ENV_VAR}=torch to silence this warning.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """The implementation to run for tensors on ``device``: "torch", "cpp" or "triton".
+
+    ``cuda`` resolves to "cpp" (the dispatcher then picks the extension's CUDA kernel).
+    """
+    source = "argument backend"
+    if backend is None:
+        backend = os.environ.get(ENV_VAR) or None
+        source = f"environment variable {ENV_VAR}"
+    if backend is not None and backend != "auto":
+        name = backend.lower()
+        if name not in BACKENDS:
+            raise ConfigError(f"{source}={backend!r} is not a backend; choose one of {', '.join(BACKENDS)}")
+        ok, reason = availability(name, device)
+        if not ok:
+            raise BackendUnavailableError(f"backend {name!r} ({source}) is unavailable: {reason}")
+        return "cpp" if name == "cuda" else name
+    order = ("triton", "cuda") if device.type == "cuda" else ("cpp",)
+    reasons = []
+    for name in order:
+        ok, reason = availability(name, device)
+        if ok:
+            return "cpp" if name == "cuda" else name
+        reasons.append(f"{name}: {reason}")
+    _fallback_warning(device, reasons)
+    return "torch"
