@@ -1,0 +1,79 @@
+"""Python API: PAGCP on any traceable CNN whose loss returns per-task components."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .graph import ChannelGraph, Keep, trace
+from .oracle import SubsetOracle, TaskLoss
+from .search import Search
+from .settings import PruneSettings
+
+
+@dataclass
+class PruneResult:
+    """Outcome of :func:`prune`: the keep-masks, per-unit decisions (last round), and the sliced model."""
+
+    keep: Keep
+    decisions: list[dict[str, Any]]
+    model: nn.Module
+    graph: ChannelGraph
+    history: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        rows = [f"{'unit':40s} {'before':>6s} {'after':>6s} {'ratio':>5s}  tripped  selected"]
+        for d in self.decisions:
+            rows.append(f"{d['name']:40s} {d['channels_before']:6d} {d['channels_after']:6d} {d['ratio']:5.2f}  "
+                        f"{str(d['tripped_task'] or '-'):8s} {'yes' if d['selected'] else 'no'}")
+        return "\n".join(rows)
+
+
+def prune(
+    model: nn.Module,
+    loss_fn: TaskLoss,
+    batches: Iterable[tuple[torch.Tensor, Any]],
+    example_input: torch.Tensor,
+    tasks: Sequence[str] | None = None,
+    leaf_modules: Sequence[str | type] = (),
+    train_mode_leaves: tuple[type, ...] = (),
+    img_size: int | tuple[int, int] | None = None,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    **settings: Any,
+) -> PruneResult:
+    """Prune ``model`` with PAGCP.
+
+    Args:
+        model: a CNN torch.fx can trace (``leaf_modules`` names modules to keep opaque); put it in eval mode.
+        loss_fn: ``loss_fn(outputs, targets)`` -> 1-D tensor of task losses of one batch (means).
+        batches: the oracle's data, ``(inputs, targets)`` pairs on the model's device, fixed for the search.
+        example_input: one input batch for tracing (e.g. ``torch.zeros(1, 3, 224, 224)``).
+        tasks: task names (default ``task0``...); their number must match ``loss_fn``'s output.
+        img_size: the size FLOPs are counted at (default: the example input's).
+        state_path: JSON file the search writes after every unit; ``resume=True`` continues it.
+        **settings: :class:`pagcp.settings.PruneSettings` fields (initial_rate, initial_thres, exp, topk, round,
+            rate_slope, thres_slope, ratios, compression, saliency, compat, target_gflops, units, chunk).
+    """
+    batches = list(batches)
+    s = PruneSettings(**settings)
+    model.eval()
+    graph = trace(model, example_input, leaf_modules=leaf_modules)
+    if tasks is None:
+        with torch.no_grad():
+            n_tasks = torch.as_tensor(loss_fn(model(batches[0][0]), batches[0][1])).numel()
+        tasks = [f"task{i}" for i in range(n_tasks)]
+    size = img_size if img_size is not None else tuple(example_input.shape[-2:])
+    oracle = SubsetOracle(graph, batches, loss_fn, tasks, chunk=s.chunk, train_mode_leaves=train_mode_leaves)
+    search = Search(graph, oracle, s, size, state_path=state_path, progress=progress)
+    keep = search.run(resume=resume)
+    st = search.state
+    return PruneResult(keep, st.decisions, graph.slice(keep), graph, st.history, oracle.evaluations, st.seconds)

@@ -1,0 +1,191 @@
+"""The subset oracle: per-task loss sums of the network under keep-masks, fast.
+
+- The data: a fixed, seeded subset of the validation split, prepared exactly as the validation loader
+  prepares it (letterbox, rectangular batches), decoded once and kept on the device (:func:`yolo_subset`).
+- Compact execution of the decided units and candidate execution of the unit under test
+  (:class:`pagcp.executor.Executor`).
+- For one unit, every activation upstream of it is computed once per batch (the prefix cache, kept across
+  candidate chunks while it fits ``cache_bytes``); candidates go through the downstream part in chunks.
+- Early rejection: a candidate stops as soon as a partial per-task sum exceeds its bound, and with it every
+  later candidate of its chunk (the search stops at the first candidate over the bound).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import fx
+
+from .errors import ConfigError
+from .executor import Executor
+from .graph import ChannelGraph, Keep
+from .search import Evaluation
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, Any]
+#: loss_fn(outputs, targets) -> 1-D tensor of per-task losses of the batch (means; the oracle sums them
+#: times the batch size, as the reference sums each batch's components times its size)
+TaskLoss = Callable[[Any, Any], torch.Tensor]
+
+
+def _rows(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.shape[0]
+    if isinstance(value, (list, tuple)) and value:
+        return _rows(value[0])
+    raise ConfigError("the model's output holds no tensor to split per candidate")
+
+
+def _take(value: Any, start: int, stop: int) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value[start:stop]
+    if isinstance(value, (list, tuple)):
+        return type(value)(_take(v, start, stop) for v in value)
+    return value
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 0
+
+
+class SubsetOracle:
+    """Per-task loss sums over fixed batches, computed with the compact/candidate executor."""
+
+    def __init__(
+        self,
+        graph: ChannelGraph,
+        batches: Sequence[Batch],
+        loss_fn: TaskLoss,
+        tasks: Sequence[str],
+        chunk: int = 0,
+        cache_bytes: int | None = None,
+        train_mode_leaves: tuple[type, ...] = (),
+    ):
+        if not batches:
+            raise ConfigError("the oracle needs at least one batch of data")
+        self.graph = graph
+        self.batches = list(batches)
+        self.loss_fn = loss_fn
+        self.tasks = list(tasks)
+        device = batches[0][0].device
+        self.chunk = chunk or (4 if device.type == "cuda" else 1)
+        self.cache_bytes = cache_bytes if cache_bytes is not None else (2 << 30 if device.type == "cpu" else 8 << 30)
+        self.executor = Executor(graph, train_mode_leaves)
+        self.evaluations = 0
+
+    def _batch_losses(self, out: Any, targets: Any, rows: int) -> torch.Tensor:
+        value = self.loss_fn(out, targets)
+        value = torch.as_tensor(value).detach().reshape(-1).double().cpu()
+        if value.numel() != len(self.tasks):
+            raise ConfigError(f"loss_fn returned {value.numel()} task losses; expected {len(self.tasks)} "
+                              f"({', '.join(self.tasks)})")
+        return value * rows
+
+    def losses(self, keep: Keep) -> torch.Tensor:
+        """Per-task loss sums (float64) of the network pruned by ``keep``."""
+        self.executor.set_keep(keep)
+        total = torch.zeros(len(self.tasks), dtype=torch.float64)
+        for inputs, targets in self.batches:
+            out = self.executor.run([inputs])
+            total += self._batch_losses(out, targets, inputs.shape[0])
+        return total
+
+    def evaluate(
+        self, keep: Keep, unit: str, candidates: Sequence[torch.Tensor], bound: torch.Tensor
+    ) -> list[Evaluation]:
+        """Candidates of ``unit`` in order, up to and including the first whose losses exceed ``bound``."""
+        ex = self.executor
+        ex.set_keep(keep)
+        suffix = ex.suffix_of(unit)
+        prefix_cache: dict[int, dict[fx.Node, Any]] = {}
+        keep_cache = True
+        results: list[Evaluation] = []
+        start = 0
+        bound = bound.double()
+        while start < len(candidates):
+            chunk = list(candidates[start : start + self.chunk])
+            sums = torch.zeros(len(chunk), len(self.tasks), dtype=torch.float64)
+            active = list(range(len(chunk)))
+            first_trip: int | None = None
+            self.evaluations += len(chunk)
+            for b, (inputs, targets) in enumerate(self.batches):
+                cached = prefix_cache.get(b)
+                if cached is None:
+                    cached = ex.prefix([inputs], suffix)
+                    if keep_cache:
+                        prefix_cache[b] = cached
+                        if b == 0 and _nbytes(cached) * len(self.batches) > self.cache_bytes:
+                            keep_cache = False
+                            prefix_cache.clear()
+                out = ex.run_candidates(unit, suffix, cached, [chunk[i] for i in active])
+                n = inputs.shape[0]
+                for k, i in enumerate(active):
+                    sums[i] += self._batch_losses(_take(out, k * n, (k + 1) * n), targets, n)
+                over = [i for i in active if bool((sums[i] > bound).any())]
+                if over:
+                    trip = over[0]
+                    first_trip = trip if first_trip is None else min(first_trip, trip)
+                    active = [i for i in active if i < first_trip]
+                if not active:
+                    break
+            stop = len(chunk) if first_trip is None else first_trip + 1
+            for i in range(stop):
+                results.append(Evaluation(sums[i].clone(), complete=first_trip is None or i < first_trip))
+            if first_trip is not None:
+                return results
+            start += len(chunk)
+        return results
+
+
+def subset_indices(n_total: int, n: int | None, seed: int = 0) -> list[int]:
+    """A fixed, seeded choice of ``n`` of ``n_total`` images (all when n is None), in file order."""
+    if n is None or n >= n_total:
+        return list(range(n_total))
+    return sorted(random.Random(seed).sample(range(n_total), n))
+
+
+def yolo_subset(
+    files: Sequence[str],
+    img_size: int,
+    batch_size: int,
+    stride: int,
+    nc: int,
+    n: int | None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+) -> list[Batch]:
+    """Decode a seeded subset of a YOLO split once, as the validation loader would batch it, onto ``device``."""
+    from .data import create_dataloader
+
+    if n is not None and n > len(files):
+        raise ConfigError(f"--subset {n} is larger than the split ({len(files)} images); use --subset all or <= "
+                          f"{len(files)}")
+    chosen = [files[i] for i in subset_indices(len(files), n, seed)]
+    loader, _ = create_dataloader(chosen, img_size, batch_size, stride=stride, rect=True, pad=0.5, nc=nc,
+                                  workers=workers, prefix="oracle: ")
+    batches = []
+    for imgs, targets, _paths, _shapes in loader:
+        batches.append((imgs.to(device).float() / 255, targets.to(device)))
+    return batches
+
+
+def yolo_task_loss(compute_loss) -> TaskLoss:
+    """box, obj, cls of a YOLOv5 ComputeLoss (raw outputs; an eval-mode (decoded, raw) pair works too)."""
+
+    def loss_fn(out: Any, targets: torch.Tensor) -> torch.Tensor:
+        raw = out[1] if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], list) else out
+        return compute_loss(raw, targets)[1]
+
+    return loss_fn

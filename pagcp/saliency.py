@@ -1,0 +1,66 @@
+"""Channel saliency of pruning units, on top of :func:`pagcp.ops.filter_saliency`.
+
+A unit's score for channel k is the sum over its members (producer convs and depthwise convs tied to
+it) of each member's mean |w| (``l1``) or root-mean-square w (``l2``) of the filter that makes channel k,
+taken over only the input channels still alive under the current keep-masks (spec/pagcp.md, Saliency).
+All members of all requested units go to the kernel in one launch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .errors import ConfigError
+from .graph import ChannelGraph, Keep
+from .ops import filter_saliency
+
+CRITERIA = ("l1", "l2")
+
+
+def unit_scores(
+    graph: ChannelGraph,
+    keep: Keep | None,
+    units: Sequence[str],
+    criterion: str = "l1",
+    backend: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Saliency of every channel of each named unit (float32, CPU), on the network pruned by ``keep``."""
+    if criterion not in CRITERIA:
+        raise ConfigError(f"saliency criterion {criterion!r} is not known; use one of {', '.join(CRITERIA)}")
+    vector = graph.keep_vector(keep)
+    weights, masks, refs = [], [], []
+    for name in units:
+        unit = graph[name]
+        for ref in (*unit.producers, *unit.depthwise):
+            conv = graph.model.get_submodule(ref.module)
+            weights.append(conv.weight.detach())
+            depthwise = ref in unit.depthwise
+            masks.append(None if depthwise else vector[graph.in_index[ref.module]].to(conv.weight.device))
+            refs.append((name, ref))
+    p = 1 if criterion == "l1" else 2
+    values = filter_saliency(weights, masks, p=p, reduce="mean", backend=backend) if weights else []
+    scores = {name: torch.zeros(graph[name].size, dtype=torch.float32) for name in units}
+    for (name, ref), value in zip(refs, values):
+        value = value.float().cpu()
+        if p == 2:
+            value = value.sqrt()
+        scores[name].index_add_(0, ref.unit_index, value[ref.positions])
+    return scores
+
+
+def select_keep(scores: torch.Tensor, keep: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Prune ``int(ratio * width)`` of the alive channels with the lowest scores; at least one stays.
+
+    Ties go to the lower channel index (a stable sort), so the choice is deterministic.
+    """
+    alive = torch.nonzero(keep).flatten()
+    width = alive.numel()
+    n = min(int(ratio * width), width - 1)
+    new = keep.clone()
+    if n <= 0:
+        return new
+    order = torch.sort(scores[alive], stable=True).indices
+    new[alive[order[:n]]] = False
+    return new

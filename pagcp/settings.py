@@ -1,0 +1,84 @@
+"""Settings of a PAGCP search: the reference's hyper-parameters plus this engine's extensions."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+#: The reference's 19 candidate ratios, fractions of a unit's current width.
+RATIOS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+COMPRESSIONS = ("global", "backbone")
+COMPAT_MODES = ("default", "reference")
+
+
+@dataclass
+class PruneSettings:
+    """The decision rule's parameters (spec/pagcp.md). Defaults are the paper's README command."""
+
+    initial_rate: float = 0.06
+    initial_thres: float = 6.0
+    exp: bool = True
+    topk: float = 0.8
+    round: int = 0
+    rate_slope: float = 0.0
+    thres_slope: float = 0.0
+    ratios: tuple[float, ...] = RATIOS
+    compression: str = "global"
+    saliency: str = "l1"
+    compat: str = "default"
+    target_gflops: float | None = None
+    max_rounds: int = 8
+    backbone_layers: int = 10
+    chunk: int = 0  # candidates per oracle pass; 0 = choose from the device (4 on a CPU, 19 on a GPU)
+    units: list[str] | None = field(default=None)  # explicit unit names (Python API); None = by compression
+
+    def __post_init__(self) -> None:
+        self.ratios = tuple(float(r) for r in self.ratios)
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(flag: str, why: str) -> ConfigError:
+            return ConfigError(f"--{flag.replace('_', '-')}: {why}")
+
+        if not 0 < self.initial_rate:
+            raise bad("initial_rate", f"{self.initial_rate} must be > 0")
+        if not self.initial_thres > 1:
+            raise bad("initial_thres", f"{self.initial_thres} must be > 1 (the product of (1 + rate) factors)")
+        if not 0 < self.topk <= 1:
+            raise bad("topk", f"{self.topk} must be in (0, 1]")
+        if self.round < 0:
+            raise bad("round", f"{self.round} must be >= 0")
+        if not self.ratios or any(not 0 < r < 1 for r in self.ratios) or list(self.ratios) != sorted(self.ratios):
+            raise bad("ratios", f"{self.ratios} must be ascending values in (0, 1)")
+        if self.compression not in COMPRESSIONS:
+            raise bad("compression", f"{self.compression!r}; use one of {', '.join(COMPRESSIONS)}")
+        if self.saliency not in ("l1", "l2"):
+            raise bad("saliency", f"{self.saliency!r}; use l1 or l2")
+        if self.compat not in COMPAT_MODES:
+            raise bad("compat", f"{self.compat!r}; use one of {', '.join(COMPAT_MODES)}")
+        if self.target_gflops is not None and not 0 < self.target_gflops < 1:
+            raise bad("target_gflops", f"{self.target_gflops} must be a fraction of the original GFLOPs in (0, 1)")
+        if self.max_rounds < 1:
+            raise bad("max_rounds", f"{self.max_rounds} must be >= 1")
+        if self.chunk < 0:
+            raise bad("chunk", f"{self.chunk} must be >= 0")
+
+    def rate_and_bound(self, round_index: int) -> tuple[float, float]:
+        """(a, T) of a round: a = initial_rate + rate_slope·round; T = initial_thres + thres_slope·round."""
+        return (self.initial_rate + self.rate_slope * round_index, self.initial_thres + self.thres_slope * round_index)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ratios"] = list(self.ratios)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PruneSettings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown pruning settings: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return cls(**d)
