@@ -52,6 +52,13 @@ def image_files(path: str | Sequence[str]) -> list[str]:
     return sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
 
 
+def _describe_list(paths: list[str]) -> str:
+    """A short name for a list of split paths: the paths themselves, or their count and common folder."""
+    if len(paths) <= 3:
+        return ", ".join(paths)
+    return f"{len(paths)} files under {os.path.commonpath([os.path.abspath(p) for p in paths])}"
+
+
 def label_path(image_path: str) -> str:
     """Label file of an image: last ``/images/`` -> ``/labels/``, extension -> ``.txt``."""
     head, sep, tail = image_path.rpartition(f"{os.sep}images{os.sep}")
@@ -169,7 +176,7 @@ class YoloDataset(Dataset):
         self.rng = np.random.default_rng(seed)
         self._rng_owner: int | None = None  # seed of the DataLoader worker that owns self.rng
         self.prefix = prefix
-        self.source = path if isinstance(path, str) else ", ".join(map(str, path))
+        self.source = path if isinstance(path, str) else _describe_list([str(p) for p in path])
         files = image_files(path)
         if not files:
             raise DataError(f"{prefix}no images found in {self.source} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
