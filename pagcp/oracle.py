@@ -49,6 +49,14 @@ def _take(value: Any, start: int, stop: int) -> Any:
     return value
 
 
+def _join(a: Any, b: Any) -> Any:
+    if isinstance(a, torch.Tensor):
+        return torch.cat([a, b])
+    if isinstance(a, (list, tuple)):
+        return type(a)(_join(x, y) for x, y in zip(a, b))
+    return a
+
+
 def _nbytes(value: Any) -> int:
     if isinstance(value, torch.Tensor):
         return value.numel() * value.element_size()
@@ -92,6 +100,20 @@ class SubsetOracle:
                               f"({', '.join(self.tasks)})")
         return value * rows
 
+    def _run_candidates(self, unit: str, suffix, cached, masks: list[torch.Tensor]) -> Any:
+        """The candidates in one pass; on a device out of memory, in halves (outputs joined candidate-major)."""
+        try:
+            return self.executor.run_candidates(unit, suffix, cached, masks)
+        except torch.OutOfMemoryError:
+            if len(masks) == 1:
+                raise
+            half = len(masks) // 2
+            log.info("out of device memory with %d candidates at once; splitting", len(masks))
+            self.chunk = max(1, half)
+            first = self._run_candidates(unit, suffix, cached, masks[:half])
+            second = self._run_candidates(unit, suffix, cached, masks[half:])
+            return _join(first, second)
+
     def losses(self, keep: Keep) -> torch.Tensor:
         """Per-task loss sums (float64) of the network pruned by ``keep``."""
         self.executor.set_keep(keep)
@@ -128,7 +150,7 @@ class SubsetOracle:
                         if b == 0 and _nbytes(cached) * len(self.batches) > self.cache_bytes:
                             keep_cache = False
                             prefix_cache.clear()
-                out = ex.run_candidates(unit, suffix, cached, [chunk[i] for i in active])
+                out = self._run_candidates(unit, suffix, cached, [chunk[i] for i in active])
                 n = inputs.shape[0]
                 for k, i in enumerate(active):
                     sums[i] += self._batch_losses(_take(out, k * n, (k + 1) * n), targets, n)

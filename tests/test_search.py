@@ -272,3 +272,28 @@ def test_python_api_on_a_torchvision_classifier():
         masked = model(batches[0][0])
     torch.testing.assert_close(sliced(batches[0][0]), masked, rtol=1e-4, atol=1e-4)
     assert "unit" in result.summary()
+
+
+def test_oracle_splits_candidates_when_the_device_runs_out_of_memory(yolo, monkeypatch):
+    _, graph, batches, loss_fn = yolo
+    keep = graph.full_keep()
+    unit = graph.units[5].name
+    scores = unit_scores(graph, keep, [unit])[unit]
+    candidates = [select_keep(scores, keep[unit], r) for r in (0.2, 0.4, 0.6)]
+    bound = torch.full((3,), 1e9, dtype=torch.float64)
+    plain = SubsetOracle(graph, batches, loss_fn, TASKS, chunk=3, train_mode_leaves=(Detect,))
+    expected = plain.evaluate(keep, unit, candidates, bound)
+    tight = SubsetOracle(graph, batches, loss_fn, TASKS, chunk=3, train_mode_leaves=(Detect,))
+    real = tight.executor.run_candidates
+
+    def small_device(unit_name, suffix, cached, masks):
+        if len(masks) > 1:
+            raise torch.OutOfMemoryError("simulated")
+        return real(unit_name, suffix, cached, masks)
+
+    monkeypatch.setattr(tight.executor, "run_candidates", small_device)
+    got = tight.evaluate(keep, unit, candidates, bound)
+    assert tight.chunk == 1
+    assert len(got) == len(expected) == 3
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a.losses, b.losses, rtol=1e-6, atol=1e-9)
