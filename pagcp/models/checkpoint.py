@@ -205,8 +205,11 @@ def save_model(model: nn.Module, path: str | Path, **meta: Any) -> Path:
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         torch.save(ckpt, tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make checkpoints private to their writer
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
