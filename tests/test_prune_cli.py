@@ -1,0 +1,102 @@
+"""`python -m pagcp.prune` end to end: report, checkpoint, bad input, Ctrl-C and --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import pagcp
+from pagcp.val import evaluate
+
+DATA = "demo:train=16,val=24,img=96"
+BASE = ["--weights", "yolov5n", "--data", DATA, "--img", "96", "--batch", "8", "--subset", "16",
+        "--finetune-epochs", "0", "--initial-rate", "0.0003", "--initial-thres", "1.006"]
+
+
+def _prune(args, cwd, check=True, **kwargs):
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    proc = subprocess.run([sys.executable, "-m", "pagcp.prune", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900, **kwargs)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune")
+    proc = _prune([*BASE, "--project", str(root / "runs"), "--json"], root)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return root, report, proc.stdout
+
+
+def test_report_and_checkpoint_agree(finished):
+    root, report, stdout = finished
+    run_dir = root / "runs" / "exp"
+    assert {p.name for p in run_dir.iterdir()} >= {"pruned.pt", "report.json", "report.md", "channels.png",
+                                                   "state.json", "opt.yaml"}
+    assert json.loads((run_dir / "report.json").read_text()) == report
+    assert report["map50_finetuned"] is None and report["subset"] == 16 and report["img_size"] == 96
+    assert report["gflops_after"] < report["gflops_before"] and report["params_after"] < report["params_before"]
+    assert len(report["units"]) == 50 and report["evaluations"] > 0 and report["lambda"] < 1
+    assert "fine-tuned" in stdout and "GFLOPs" in stdout
+    model = pagcp.load_model(run_dir / "pruned.pt")
+    stats = pagcp.model_stats(model, 96)
+    assert stats["gflops"] == pytest.approx(report["gflops_after"], rel=1e-12)
+    assert stats["params"] == report["params_after"]
+    kept = {u["name"]: u["channels_after"] for u in report["units"]}
+    assert model.model[1].conv.out_channels == kept["model.1"]
+    result = evaluate(model, DATA, img_size=96, batch_size=32, progress=False)
+    assert result["map50_95"] == pytest.approx(report["map50_95_after"], abs=1e-9)
+    assert result["map50"] == pytest.approx(report["map50_after"], abs=1e-9)
+
+
+def test_ctrl_c_then_resume_gives_the_same_decisions(finished, tmp_path):
+    _, report, _ = finished
+    runs = tmp_path / "runs"
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    proc = subprocess.Popen([sys.executable, "-m", "pagcp.prune", *BASE, "--project", str(runs)], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = runs / "exp" / "state.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(state.read_text()).get("position", 0) >= 5:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err
+    saved = json.loads(state.read_text())
+    assert saved["phase"] == "search" and 5 <= saved["position"] < 50
+    resumed = _prune(["--resume", str(runs / "exp"), "--json"], tmp_path)
+    again = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert again["units"] == report["units"]
+    assert again["gflops_after"] == report["gflops_after"]
+
+
+def test_bad_input_fails_before_any_work(tmp_path):
+    runs = tmp_path / "runs"
+    bad_flag = _prune([*BASE, "--compression", "everything", "--project", str(runs)], tmp_path, check=False)
+    assert bad_flag.returncode == 2 and "--compression" in bad_flag.stderr
+    assert len(bad_flag.stderr.strip().splitlines()) == 1
+    too_many = _prune([*BASE, "--subset", "1000", "--project", str(runs)], tmp_path, check=False)
+    assert too_many.returncode == 2
+    assert "--subset 1000 is larger than the val split" in too_many.stderr
+    model = pagcp.load_model("yolov5n", nc=3)
+    pagcp.save_model(model, tmp_path / "three.pt")
+    wrong_nc = _prune([*BASE[2:], "--weights", str(tmp_path / "three.pt"), "--project", str(runs)], tmp_path,
+                      check=False)
+    assert wrong_nc.returncode == 2 and "nc=6" in wrong_nc.stderr and "three.pt" in wrong_nc.stderr
+    assert not runs.exists()  # nothing was started
+    torch.manual_seed(0)
