@@ -1,0 +1,144 @@
+"""Search cost: seconds per candidate evaluation, engine (SubsetOracle) against naive (copy, slice, evaluate).
+
+    python benchmarks/bench_cost.py [--models n,s,m] [--sizes 320,640] [--images 16] [--units 2]
+        [--ratios 0.1,0.5,0.9] [--evals-per-unit 6.8] [--subset 64] [--json]
+
+For each model and size (YOLOv5 configs with 80 classes; the weights do not change the cost) it takes
+``--images`` demo val images as the oracle data and ``--units`` units spread over the network, and times
+
+- engine: ``SubsetOracle.evaluate`` of the candidates of ``--ratios`` of each unit with an infinite bound
+  (no early rejection), prefix cache included, divided by the number of candidates;
+- naive: ``NaiveOracle.losses`` (the reference's way: deep copy, slice, whole forward) per candidate;
+- a plain forward pass per image (eval mode, no grad) of the unpruned model.
+
+Projections per round: all units x ``--evals-per-unit`` candidates (6.8: 340 evaluations over 50 units
+in the demo model's default search) with ``--subset`` images; the reference's COCO round:
+``--reference-passes`` (default: units x 19, the reference's upper bound of full validation passes; about
+1,300 for yolov5m) x ``--coco-images`` x the measured per-image forward time (forward only: no NMS, no
+data loading, so the reference's real time is longer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see pagcp/__init__.py
+
+import pagcp  # noqa: E402, I001
+import torch  # noqa: E402
+
+from pagcp.baselines import prunable_units  # noqa: E402
+from pagcp.data import image_files, load_data_config  # noqa: E402
+from pagcp.losses import ComputeLoss  # noqa: E402
+from pagcp.models.yolo import Detect  # noqa: E402
+from pagcp.naive import NaiveOracle  # noqa: E402
+from pagcp.oracle import SubsetOracle, yolo_subset, yolo_task_loss  # noqa: E402
+from pagcp.saliency import select_keep, unit_scores  # noqa: E402
+
+TASKS = ["box", "obj", "cls"]
+
+
+def measure(name: str, img: int, files: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Engine and naive seconds per candidate and per-image forward time of one model at one size."""
+    model = pagcp.load_model(name, nc=80)
+    batches = yolo_subset(files, img, args.images, 32, 80, args.images, 0)
+    graph = pagcp.trace(model, torch.zeros(1, 3, img, img))
+    loss_fn = yolo_task_loss(ComputeLoss(model, img_size=img))
+    units = prunable_units(graph)
+    step = len(units) / args.units
+    sample = [units[int(step * (i + 0.5))] for i in range(args.units)]
+    ratios = [float(r) for r in args.ratios.split(",")]
+    keep = graph.full_keep()
+    scores = unit_scores(graph, keep, sample, "l1")
+    engine = SubsetOracle(graph, batches, loss_fn, TASKS, train_mode_leaves=(Detect,))
+    naive = NaiveOracle(graph, batches, loss_fn, train_mode_leaves=(Detect,))
+    bound = torch.full((len(TASKS),), float("inf"), dtype=torch.float64)
+    engine.losses(keep)  # warm-up (allocator, kernels)
+    engine_s, naive_s = [], []
+    for unit in sample:
+        masks = [select_keep(scores[unit], keep[unit], r) for r in ratios]
+        t0 = time.perf_counter()
+        engine.evaluate(keep, unit, masks, bound)
+        engine_s.append((time.perf_counter() - t0) / len(masks))
+        for m in masks:
+            trial = dict(keep)
+            trial[unit] = m
+            t0 = time.perf_counter()
+            naive.losses(trial)
+            naive_s.append(time.perf_counter() - t0)
+    x = torch.cat([b[0] for b in batches])
+    forward = []
+    with torch.inference_mode():
+        model.eval()(x[:1])
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model(x)
+            forward.append((time.perf_counter() - t0) / x.shape[0])
+    n = args.images
+    per_cand_engine, per_cand_naive = statistics.mean(engine_s), statistics.mean(naive_s)
+    evals_round = len(units) * args.evals_per_unit
+    passes = args.reference_passes or 19 * len(units)
+    return {
+        "model": name, "img": img, "units": len(units), "sampled_units": sample, "images": n,
+        "engine_s_per_candidate": round(per_cand_engine, 3), "naive_s_per_candidate": round(per_cand_naive, 3),
+        "speedup": round(per_cand_naive / per_cand_engine, 2),
+        "forward_s_per_image": round(statistics.median(forward), 4),
+        "engine_round_s_projected": round(evals_round * per_cand_engine / n * args.subset, 1),
+        "naive_round_s_projected": round(evals_round * per_cand_naive / n * args.subset, 1),
+        "reference_passes": passes,
+        "reference_coco_round_h_projected": round(passes * args.coco_images
+                                                  * statistics.median(forward) / 3600, 1),
+        "engine_coco_round_h_projected": round(evals_round * per_cand_engine / n * args.subset / 3600, 2),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="n,s,m")
+    p.add_argument("--sizes", default="320,640")
+    p.add_argument("--images", type=int, default=16, help="oracle images per measurement (one batch)")
+    p.add_argument("--units", type=int, default=2, help="units sampled, spread over the network")
+    p.add_argument("--ratios", default="0.1,0.5,0.9", help="candidates per sampled unit")
+    p.add_argument("--evals-per-unit", type=float, default=6.8,
+                   help="mean candidates evaluated per unit in a round (measured on the demo search)")
+    p.add_argument("--subset", type=int, default=64, help="oracle images of the projected round")
+    p.add_argument("--reference-passes", type=int, default=0,
+                   help="full validation passes of the reference's round (0: units x 19)")
+    p.add_argument("--coco-images", type=int, default=5000)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    cfg = load_data_config("demo")
+    files = image_files(cfg["val"])
+    rows = []
+    for m in args.models.split(","):
+        for img in (int(s) for s in args.sizes.split(",")):
+            row = measure(f"yolov5{m}", img, files, args)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\n| model | img | units | engine s/cand ({args.images} img) | naive s/cand | speed-up | forward s/img | "
+          f"engine round s ({args.subset} img) | naive round s | engine COCO round h | reference passes | "
+          "reference COCO round h |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['img']} | {r['units']} | {r['engine_s_per_candidate']:.3f} | "
+              f"{r['naive_s_per_candidate']:.3f} | {r['speedup']:.2f}x | {r['forward_s_per_image']:.4f} | "
+              f"{r['engine_round_s_projected']:.0f} | {r['naive_round_s_projected']:.0f} | "
+              f"{r['engine_coco_round_h_projected']:.2f} | {r['reference_passes']} | "
+              f"{r['reference_coco_round_h_projected']:.1f} |")
+    print("| GPU rows | | | not measured (no GPU lent to this task) | | | | | | | | |")
+    result = {"rows": rows, "args": vars(args), "gpu": "not measured (no GPU lent to this task)",
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                         f"{torch.get_num_threads()} threads", "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Baseline channel-pruning rules on a traced graph, matched to a FLOPs target (for benchmarks).
+
+- :func:`uniform_keep`: the same ratio in every unit, lowest-L1 channels first (``select_keep``).
+- :func:`random_keep`: the same ratio in every unit, channels chosen by a seeded random permutation.
+- :func:`global_magnitude_keep`: one global ranking of every channel's L1 score divided by its unit's mean
+  score (Torch-Pruning's ``MagnitudePruner`` with ``global_pruning=True`` and its default ``mean``
+  normalizer), pruning the lowest first; at least one channel of each unit stays.
+- :func:`match_flops`: the ratio (or channel count) whose FLOPs are closest to a target, by bisection.
+
+Every rule prunes the units that PAGCP's search may prune (``scope_units``), so all methods share a scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .graph import ChannelGraph, Keep
+from .saliency import select_keep, unit_scores
+from .search import scope_units
+from .settings import PruneSettings
+
+
+def prunable_units(graph: ChannelGraph, compression: str = "global") -> list[str]:
+    """The units PAGCP's search would visit with ``compression``."""
+    return scope_units(graph, PruneSettings(compression=compression))
+
+
+def uniform_keep(graph: ChannelGraph, ratio: float, units: Sequence[str],
+                 scores: dict[str, torch.Tensor] | None = None) -> Keep:
+    """Prune ``int(ratio * width)`` lowest-L1 channels of every unit (at least one channel stays)."""
+    scores = scores if scores is not None else unit_scores(graph, None, units, "l1")
+    keep = graph.full_keep()
+    for name in units:
+        keep[name] = select_keep(scores[name], keep[name], ratio)
+    return keep
+
+
+def random_orders(graph: ChannelGraph, units: Sequence[str], seed: int = 0) -> dict[str, torch.Tensor]:
+    """A seeded random permutation of every unit's channels (the pruning order of :func:`random_keep`)."""
+    g = torch.Generator().manual_seed(seed)
+    return {name: torch.randperm(graph[name].size, generator=g) for name in units}
+
+
+def random_keep(graph: ChannelGraph, ratio: float, units: Sequence[str], seed: int = 0,
+                orders: dict[str, torch.Tensor] | None = None) -> Keep:
+    """Prune ``int(ratio * width)`` randomly chosen channels of every unit (seeded; nested in ``ratio``)."""
+    orders = orders if orders is not None else random_orders(graph, units, seed)
+    keep = graph.full_keep()
+    for name in units:
+        width = graph[name].size
+        n = min(int(ratio * width), width - 1)
+        keep[name][orders[name][:n]] = False
+    return keep
+
+
+def global_ranking(graph: ChannelGraph, units: Sequence[str]) -> list[tuple[str, int]]:
+    """Every (unit, channel) ordered by L1 score / mean L1 score of its unit, lowest first (stable)."""
+    scores = unit_scores(graph, None, units, "l1")
+    values, owners = [], []
+    for name in units:
+        s = scores[name].double()
+        values.append(s / s.mean().clamp_min(1e-12))
+        owners.extend((name, i) for i in range(s.numel()))
+    order = torch.sort(torch.cat(values), stable=True).indices.tolist()
+    return [owners[i] for i in order]
+
+
+def global_magnitude_keep(graph: ChannelGraph, n_pruned: int, ranking: Sequence[tuple[str, int]]) -> Keep:
+    """Prune the first ``n_pruned`` channels of ``ranking`` that do not empty their unit."""
+    keep = graph.full_keep()
+    alive = {name: graph[name].size for name, _ in ranking}
+    done = 0
+    for name, channel in ranking:
+        if done >= n_pruned:
+            break
+        if alive[name] > 1:
+            keep[name][channel] = False
+            alive[name] -= 1
+            done += 1
+    return keep
+
+
+def match_flops(build: Callable[[float], Keep], flops_of: Callable[[Keep], int], target: float,
+                low: float, high: float, integer: bool = False, steps: int = 40) -> tuple[float, Keep]:
+    """Bisection on a pruning amount x in [low, high] (FLOPs decreasing in x): the x whose FLOPs are closest
+    to ``target``; returns (x, keep)."""
+    best: tuple[float, float, Keep] | None = None
+
+    def consider(x: float) -> float:
+        nonlocal best
+        keep = build(x)
+        f = float(flops_of(keep))
+        if best is None or abs(f - target) < best[0]:
+            best = (abs(f - target), x, keep)
+        return f
+
+    lo, hi = low, high
+    for _ in range(steps):
+        mid = (lo + hi) // 2 if integer else (lo + hi) / 2
+        if consider(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+        if (integer and hi - lo <= 1) or (not integer and hi - lo < 1e-5):
+            break
+    consider(lo)
+    consider(hi)
+    return best[1], best[2]
+
+
+def matched_keep(graph: ChannelGraph, method: str, target_flops: float, img_size: int,
+                 units: Sequence[str] | None = None, seed: int = 0) -> tuple[float, Keep]:
+    """Keep-masks of ``method`` (uniform, random, global) with FLOPs closest to ``target_flops``; returns
+    (the ratio, or the number of pruned channels for global; keep)."""
+    units = list(units) if units is not None else prunable_units(graph)
+
+    def flops_of(keep: Keep) -> int:
+        return graph.flops(keep, img_size)
+
+    if method == "uniform":
+        scores = unit_scores(graph, None, units, "l1")
+        return match_flops(lambda r: uniform_keep(graph, r, units, scores), flops_of, target_flops, 0.0, 0.99)
+    if method == "random":
+        orders = random_orders(graph, units, seed)
+        return match_flops(lambda r: random_keep(graph, r, units, orders=orders), flops_of, target_flops, 0.0, 0.99)
+    if method == "global":
+        ranking = global_ranking(graph, units)
+        return match_flops(lambda n: global_magnitude_keep(graph, int(n), ranking), flops_of, target_flops,
+                           0, len(ranking), integer=True)
+    raise ValueError(f"unknown baseline {method!r}: uniform, random or global")
+
+
+__all__ = ["global_magnitude_keep", "global_ranking", "match_flops", "matched_keep", "prunable_units",
+           "random_keep", "random_orders", "uniform_keep"]
