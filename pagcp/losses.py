@@ -87,6 +87,7 @@ class ComputeLoss:
         hyp: dict | str | None = None,
         img_size: int = 640,
         label_smoothing: float | None = None,
+        cache_targets: bool = False,
     ):
         det = _detect_head(model)
         self.hyp = load_hyp(hyp) if not isinstance(hyp, dict) else {**load_hyp(None), **hyp}
@@ -101,6 +102,8 @@ class ComputeLoss:
         self.anchor_t = self.hyp["anchor_t"]
         self.gr = 1.0  # objectness target = (1 - gr) + gr * IoU
         eps = self.hyp.get("label_smoothing", 0.0) if label_smoothing is None else label_smoothing
+        # fixed data (the pruning oracle): the matching depends only on the targets and the grid shapes
+        self._built: dict[tuple, tuple[Tensor, list]] | None = {} if cache_targets else None
         self.cls_pos, self.cls_neg = 1.0 - 0.5 * eps, 0.5 * eps
         device = self.anchors.device
         self.bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self.hyp["cls_pw"]], device=device))
@@ -125,7 +128,7 @@ class ComputeLoss:
         zero = torch.zeros((), device=device)
         loss_box, loss_obj, loss_cls = zero, zero, zero
         for level, (pred, (img, anc, gy, gx, tbox, tcls, anchors)) in enumerate(
-            zip(preds, self.build_targets(preds, targets))
+            zip(preds, self._matched(preds, targets))
         ):
             tobj = torch.zeros(pred.shape[:4], dtype=pred.dtype, device=device)
             if img.numel():
@@ -147,6 +150,16 @@ class ComputeLoss:
         batch_size = preds[0].shape[0]
         total = loss_box + loss_obj + loss_cls
         return total * batch_size, torch.stack((loss_box, loss_obj, loss_cls)).detach()
+
+    def _matched(self, preds: Sequence[Tensor], targets: Tensor) -> list[tuple[Tensor, ...]]:
+        if self._built is None:
+            return self.build_targets(preds, targets)
+        key = (id(targets), tuple(tuple(p.shape[2:4]) for p in preds))
+        hit = self._built.get(key)
+        if hit is None or hit[0] is not targets:  # the tensor is kept, so its id cannot be reused meanwhile
+            hit = (targets, self.build_targets(preds, targets))
+            self._built[key] = hit
+        return hit[1]
 
     def build_targets(self, preds: Sequence[Tensor], targets: Tensor) -> list[tuple[Tensor, ...]]:
         """Per level: (image idx, anchor idx, cell y, cell x, box target (gx-cell, gy-cell, gw, gh), class,

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = p.add_argument_group("fine-tuning and output")
     f.add_argument("--finetune-epochs", "--finetune_epochs", dest="finetune_epochs", type=int, default=1)
     f.add_argument("--finetune-batch", "--finetune_batch", dest="finetune_batch", type=int, default=16)
-    f.add_argument("--hyp", default="scratch", help="fine-tuning hyper-parameters: scratch, finetune or a yaml")
+    f.add_argument("--hyp", default="finetune",
+                   help="fine-tuning hyp: finetune (short runs), scratch (the paper's long runs) or a yaml")
     f.add_argument("--project", default="runs/prune")
     f.add_argument("--name", default="exp")
     f.add_argument("--resume", nargs="?", const="latest", default=None,
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batches = yolo_subset(files, img, oracle_batch, stride, int(cfg["nc"]), args.subset, args.seed, device,
                           args.workers)
     graph = trace(model, torch.zeros(1, 3, img, img, device=device))
-    compute_loss = ComputeLoss(model, img_size=img)
+    compute_loss = ComputeLoss(model, img_size=img, cache_targets=True)
     oracle = SubsetOracle(graph, batches, yolo_task_loss(compute_loss), TASKS, chunk=settings.chunk,
                           train_mode_leaves=(Detect,))
     fingerprint = {"weights": str(args.weights), "data": str(args.data), "img": img, "subset": args.subset,

@@ -205,3 +205,19 @@ def test_load_hyp(tmp_path):
         load_hyp(str(f))
     with pytest.raises(ConfigError, match="not a file"):
         load_hyp("nonsense")
+
+
+def test_cached_target_matching_gives_the_same_losses():
+    import pagcp
+    from pagcp.losses import ComputeLoss
+
+    model = pagcp.load_model("yolov5n", nc=3)
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.4], [1, 2, 0.2, 0.7, 0.1, 0.2]])
+    plain = ComputeLoss(model, img_size=128)
+    cached = ComputeLoss(model, img_size=128, cache_targets=True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):  # different predictions, the same targets: matching is reused, losses identical
+        preds = [torch.randn(2, 3, s, s, 8, generator=g) for s in (16, 8, 4)]
+        a, b = plain(preds, targets), cached(preds, targets)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert len(cached._built) == 1
