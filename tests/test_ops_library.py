@@ -13,6 +13,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _assert_opcheck_passes(op, args) -> None:
+    """torch.library.opcheck raises on a failing check; every check it ran must also report success."""
+    results = torch.library.opcheck(op, args)
+    assert results and set(results.values()) == {"SUCCESS"}, results
+
+
 def _devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() and extension.with_cuda() else ["cpu"]
 
@@ -22,7 +28,7 @@ def test_opcheck_filter_saliency(device):
     weights = [torch.randn(3, 2, 3, 3, device=device), torch.randn(4, 1, 1, 1, device=device)]
     keep = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0], device=device)
     for p, mean in ((1, False), (2, True)):
-        torch.library.opcheck(torch.ops.pagcp.filter_saliency.default, (weights, keep, [0, 2], [1, 4], p, mean))
+        _assert_opcheck_passes(torch.ops.pagcp.filter_saliency.default, (weights, keep, [0, 2], [1, 4], p, mean))
 
 
 @pytest.mark.parametrize("device", _devices())
@@ -31,17 +37,17 @@ def test_opcheck_masked_bn_act(device):
     scale, shift = torch.rand(3, device=device), torch.randn(3, device=device)
     keep = torch.tensor([[1.0, 0.0, 1.0], [0.5, 1.0, 0.0]], device=device)
     for xv in (x, x.to(memory_format=torch.channels_last)):
-        torch.library.opcheck(torch.ops.pagcp.masked_bn_act.default, (xv, scale, shift, keep, 2, True))
-        torch.library.opcheck(torch.ops.pagcp.masked_bn_act.default, (xv, scale, shift, keep, 1, False))
+        _assert_opcheck_passes(torch.ops.pagcp.masked_bn_act.default, (xv, scale, shift, keep, 2, True))
+        _assert_opcheck_passes(torch.ops.pagcp.masked_bn_act.default, (xv, scale, shift, keep, 1, False))
         out = torch.empty(4, 3, 4, 5, device=device)
-        torch.library.opcheck(torch.ops.pagcp.masked_bn_act_out.default, (xv, scale, shift, keep, 0, True, out))
+        _assert_opcheck_passes(torch.ops.pagcp.masked_bn_act_out.default, (xv, scale, shift, keep, 0, True, out))
 
 
 @pytest.mark.parametrize("device", _devices())
 def test_opcheck_channel_activation_stats(device):
     x = torch.randn(2, 3, 4, 5, device=device)
-    torch.library.opcheck(torch.ops.pagcp.channel_activation_stats.default, (x,))
-    torch.library.opcheck(torch.ops.pagcp.channel_activation_stats.default, (x.to(memory_format=torch.channels_last),))
+    _assert_opcheck_passes(torch.ops.pagcp.channel_activation_stats.default, (x,))
+    _assert_opcheck_passes(torch.ops.pagcp.channel_activation_stats.default, (x.to(memory_format=torch.channels_last),))
 
 
 def test_wrapper_under_torch_compile():
