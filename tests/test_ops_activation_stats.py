@@ -4,37 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ops_helpers import layouts, require_backend
 from torch.testing import assert_close
 
 from pagcp.errors import ConfigError
 from pagcp.ops import channel_activation_stats, reference
-from pagcp.ops.dispatch import availability
-
-
-def _strided(x: torch.Tensor) -> torch.Tensor:
-    view = x.new_zeros(*x.shape[:3], 2 * x.shape[3])[..., ::2]
-    return view.copy_(x)
-
-
-def _require(backend: str, device: str = "cpu") -> None:
-    ok, why = availability(backend, torch.device(device))
-    if not ok:
-        pytest.skip(f"{backend} backend unavailable: {why}")
-
-
-def _variants(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {
-        "nchw": x,
-        "channels_last": x.to(memory_format=torch.channels_last),
-        "strided": _strided(x),  # non-contiguous in any memory format
-    }
 
 
 def _check(backend, shapes, device="cpu", dtype=torch.float32, tol=1e-5):
     for shape in shapes:
         x = (torch.randn(*shape, device=device) * 3).to(dtype)
         want = reference.channel_activation_stats(x)
-        for name, xv in _variants(x).items():
+        for name, xv in layouts(x).items():
             got = channel_activation_stats(xv, backend=backend)
             for g, w in zip(got, want):
                 assert g.dtype == torch.float32 and g.shape == (shape[1],)
@@ -52,18 +33,18 @@ def test_reference_definition():
 
 
 def test_cpp_odd_shapes():
-    _require("cpp")
+    require_backend("cpp")
     _check("cpp", [(1, 1, 1, 1), (2, 3, 5, 7), (3, 17, 9, 11), (2, 255, 3, 3), (1, 3, 64, 70), (0, 3, 2, 2)])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cpp_half_precision(dtype):
-    _require("cpp")
+    require_backend("cpp")
     _check("cpp", [(2, 17, 5, 6)], dtype=dtype, tol=1e-3)
 
 
 def test_triton_interpreter_tiny():
-    _require("triton")
+    require_backend("triton")
     _check("triton", [(1, 1, 1, 1), (2, 3, 5, 7), (1, 17, 3, 2)])
 
 
@@ -76,7 +57,7 @@ def test_rejects_non_4d():
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_gpu_backends(backend, dtype):
-    _require(backend, "cuda")
+    require_backend(backend, "cuda")
     _check(
         backend,
         [(1, 1, 1, 1), (2, 3, 5, 7), (3, 17, 9, 11), (2, 255, 3, 3)],

@@ -5,34 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from ops_helpers import layouts, require_backend
 from torch.testing import assert_close
 
 from pagcp.errors import ConfigError
 from pagcp.ops import masked_bn_act, masked_bn_act_rows, reference
-from pagcp.ops.dispatch import availability
 
 CPU_SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (3, 17, 4, 6), (2, 255, 3, 5)]
 TINY_SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (1, 17, 3, 2)]
 
 
-def _strided(x: torch.Tensor) -> torch.Tensor:
-    view = x.new_zeros(*x.shape[:3], 2 * x.shape[3])[..., ::2]
-    return view.copy_(x)
-
-
-def _require(backend: str, device: str = "cpu") -> None:
-    ok, why = availability(backend, torch.device(device))
-    if not ok:
-        pytest.skip(f"{backend} backend unavailable: {why}")
-
-
 def _layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {
-        "nchw": x,
-        "channels_last": x.to(memory_format=torch.channels_last),
-        "strided": _strided(x),  # non-contiguous in any memory format
-        "transposed_hw": x.transpose(2, 3).contiguous().transpose(2, 3),
-    }
+    return {**layouts(x), "transposed_hw": x.transpose(2, 3).contiguous().transpose(2, 3)}
 
 
 def _inputs(shape, R, device="cpu", dtype=torch.float32, keep_dtype=torch.bool):
@@ -79,18 +63,18 @@ def test_reference_definition():
 
 
 def test_cpp_layouts_shapes_and_activations():
-    _require("cpp")
+    require_backend("cpp")
     _check_all("cpp", CPU_SHAPES)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cpp_half_precision(dtype):
-    _require("cpp")
+    require_backend("cpp")
     _check_all("cpp", [(2, 17, 3, 5)], dtype=dtype, tol=2e-2)
 
 
 def test_cpp_large_plane_and_channels_last_rows():
-    _require("cpp")
+    require_backend("cpp")
     x, scale, shift, keep = _inputs((2, 3, 40, 41), 4)  # planes longer than one kernel run
     want = reference.masked_bn_act(x, scale, shift, keep, "silu", expand=True)
     assert_close(masked_bn_act(x, scale, shift, keep, backend="cpp"), want)
@@ -104,7 +88,7 @@ def test_cpp_large_plane_and_channels_last_rows():
 
 
 def test_out_buffer_reused_and_validated():
-    _require("cpp")
+    require_backend("cpp")
     x, scale, shift, keep = _inputs((2, 3, 5, 7), 3)
     want = reference.masked_bn_act(x, scale, shift, keep, "silu", expand=True)
     for backend in ("cpp", "torch"):
@@ -126,7 +110,7 @@ def test_out_buffer_reused_and_validated():
 
 
 def test_one_dimensional_keep_means_one_candidate():
-    _require("cpp")
+    require_backend("cpp")
     x, scale, shift, keep = _inputs((2, 3, 2, 2), 1)
     assert_close(
         masked_bn_act(x, scale, shift, keep[0], backend="cpp"),
@@ -135,7 +119,7 @@ def test_one_dimensional_keep_means_one_candidate():
 
 
 def test_triton_interpreter_tiny():
-    _require("triton")
+    require_backend("triton")
     _check_all("triton", TINY_SHAPES)
 
 
@@ -143,5 +127,5 @@ def test_triton_interpreter_tiny():
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_gpu_backends(backend, dtype):
-    _require(backend, "cuda")
+    require_backend(backend, "cuda")
     _check_all(backend, CPU_SHAPES, device="cuda", dtype=dtype, tol=1e-5 if dtype == torch.float32 else 2e-2)
