@@ -85,17 +85,16 @@ def distributed_env() -> tuple[int, int, int]:
 
 def select_device(device: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
     """``cpu``, ``0``, ``0,1`` or ``cuda:N`` -> a torch device (under DDP: the process's local GPU)."""
+    from .val import select_device as parse_device
+
     text = str(device).strip().lower()
     if text in ("cpu", ""):
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     if world_size > 1:
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
         return torch.device("cuda", local_rank)
-    index = text.removeprefix("cuda:").split(",")[0]
-    if not index.isdigit() or int(index) >= torch.cuda.device_count():
-        raise ConfigError(f"--device {device}: expected cpu or a GPU index < {torch.cuda.device_count()}")
-    return torch.device("cuda", int(index))
+    return parse_device(text)
 
 
 def init_distributed(device: torch.device) -> bool:

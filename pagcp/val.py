@@ -38,6 +38,7 @@ from pagcp.metrics import (
     summarize,
     xywh_to_xyxy,
 )
+from pagcp.run_records import increment_run_dir
 
 LOGGER = logging.getLogger(__name__)
 COCO_JSON_IOU = 0.65
@@ -211,16 +212,6 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _increment_dir(project: str, name: str, exist_ok: bool) -> str:
-    path = os.path.join(project, name)
-    if not exist_ok:
-        k = 2
-        while os.path.exists(path):
-            path, k = os.path.join(project, f"{name}{k}"), k + 1
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -288,7 +279,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"--coco-eval: no COCO ground truth for {args.data}; expected the yaml key coco_json "
                               f"or {os.path.join(cfg['path'], 'annotations', 'instances_val2017.json')}")
     if args.coco_eval or args.save_json:
-        json_path = os.path.join(_increment_dir(args.project, args.name, args.exist_ok), "predictions.json")
+        run_dir = increment_run_dir(args.project, args.name, args.exist_ok)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        json_path = str(run_dir / "predictions.json")
     if not cfg.get(args.task):
         raise ConfigError(f"--task {args.task}: the data {args.data} has no '{args.task}' split")
     loader, _ = create_dataloader(cfg[args.task], img, args.batch, stride=stride, rect=True, pad=0.5,
