@@ -91,6 +91,7 @@ class Executor:
         self.skip: set[fx.Node] = set()
         self._build_steps()
         self._cache: dict[str, tuple[bytes, Any]] = {}
+        self._resolved: dict[str, Any] = {}  # conv params under the current keep: no mask compare per forward
         self._vector: torch.Tensor | None = None
 
     # -- structure -------------------------------------------------------------------------------
@@ -125,6 +126,7 @@ class Executor:
     def set_keep(self, keep) -> None:
         """Use these keep-masks for compact execution (weights are re-gathered lazily where they changed)."""
         self._vector = self.graph.keep_vector(keep)
+        self._resolved = {}
 
     def _keeps(self, name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         v = self._vector
@@ -142,7 +144,14 @@ class Executor:
         return value
 
     def _conv_params(self, step: ConvStep, fold: bool):
-        """(weight, bias, groups, out_keep, scale, shift) of a conv under the current keep."""
+        """(weight, bias, groups, scale, shift) of a conv under the current keep."""
+        key = f"{step.conv_name}:{int(fold)}"
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            resolved = self._resolved[key] = self._gather_conv(step, fold)
+        return resolved
+
+    def _gather_conv(self, step: ConvStep, fold: bool):
         out_keep, in_keep = self._keeps(step.conv_name)
         bn_keep = self._keeps(step.bn_name)[0] if step.bn_name is not None else None
 
