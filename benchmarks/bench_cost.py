@@ -33,13 +33,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see p
 import pagcp  # noqa: E402, I001
 import torch  # noqa: E402
 
-from pagcp.baselines import prunable_units  # noqa: E402
+from pagcp.engine.baselines import prunable_units  # noqa: E402
 from pagcp.data import image_files, load_data_config  # noqa: E402
-from pagcp.losses import ComputeLoss  # noqa: E402
+from pagcp.detection.loss import ComputeLoss  # noqa: E402
 from pagcp.models.yolo import Detect  # noqa: E402
-from pagcp.naive import NaiveOracle  # noqa: E402
-from pagcp.oracle import SubsetOracle, yolo_subset, yolo_task_loss  # noqa: E402
-from pagcp.saliency import select_keep, unit_scores  # noqa: E402
+from pagcp.engine.naive import NaiveOracle  # noqa: E402
+from pagcp.engine.oracle import SubsetOracle  # noqa: E402
+from pagcp.engine.yolo import yolo_subset, yolo_task_loss  # noqa: E402
+from pagcp.engine.saliency import select_keep, unit_scores  # noqa: E402
 
 TASKS = ["box", "obj", "cls"]
 
@@ -85,15 +86,19 @@ def measure(name: str, img: int, files: list[str], args: argparse.Namespace) -> 
     evals_round = len(units) * args.evals_per_unit
     passes = args.reference_passes or 19 * len(units)
     return {
-        "model": name, "img": img, "units": len(units), "sampled_units": sample, "images": n,
-        "engine_s_per_candidate": round(per_cand_engine, 3), "naive_s_per_candidate": round(per_cand_naive, 3),
+        "model": name,
+        "img": img,
+        "units": len(units),
+        "sampled_units": sample,
+        "images": n,
+        "engine_s_per_candidate": round(per_cand_engine, 3),
+        "naive_s_per_candidate": round(per_cand_naive, 3),
         "speedup": round(per_cand_naive / per_cand_engine, 2),
         "forward_s_per_image": round(statistics.median(forward), 4),
         "engine_round_s_projected": round(evals_round * per_cand_engine / n * args.subset, 1),
         "naive_round_s_projected": round(evals_round * per_cand_naive / n * args.subset, 1),
         "reference_passes": passes,
-        "reference_coco_round_h_projected": round(passes * args.coco_images
-                                                  * statistics.median(forward) / 3600, 1),
+        "reference_coco_round_h_projected": round(passes * args.coco_images * statistics.median(forward) / 3600, 1),
         "engine_coco_round_h_projected": round(evals_round * per_cand_engine / n * args.subset / 3600, 2),
     }
 
@@ -105,11 +110,19 @@ def main() -> None:
     p.add_argument("--images", type=int, default=16, help="oracle images per measurement (one batch)")
     p.add_argument("--units", type=int, default=2, help="units sampled, spread over the network")
     p.add_argument("--ratios", default="0.1,0.5,0.9", help="candidates per sampled unit")
-    p.add_argument("--evals-per-unit", type=float, default=6.8,
-                   help="mean candidates evaluated per unit in a round (measured on the demo search)")
+    p.add_argument(
+        "--evals-per-unit",
+        type=float,
+        default=6.8,
+        help="mean candidates evaluated per unit in a round (measured on the demo search)",
+    )
     p.add_argument("--subset", type=int, default=64, help="oracle images of the projected round")
-    p.add_argument("--reference-passes", type=int, default=0,
-                   help="full validation passes of the reference's round (0: units x 19)")
+    p.add_argument(
+        "--reference-passes",
+        type=int,
+        default=0,
+        help="full validation passes of the reference's round (0: units x 19)",
+    )
     p.add_argument("--coco-images", type=int, default=5000)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
@@ -121,21 +134,30 @@ def main() -> None:
             row = measure(f"yolov5{m}", img, files, args)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n| model | img | units | engine s/cand ({args.images} img) | naive s/cand | speed-up | forward s/img | "
-          f"engine round s ({args.subset} img) | naive round s | engine COCO round h | reference passes | "
-          "reference COCO round h |")
+    print(
+        f"\n| model | img | units | engine s/cand ({args.images} img) | naive s/cand | speed-up | forward s/img | "
+        f"engine round s ({args.subset} img) | naive round s | engine COCO round h | reference passes | "
+        "reference COCO round h |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['img']} | {r['units']} | {r['engine_s_per_candidate']:.3f} | "
-              f"{r['naive_s_per_candidate']:.3f} | {r['speedup']:.2f}x | {r['forward_s_per_image']:.4f} | "
-              f"{r['engine_round_s_projected']:.0f} | {r['naive_round_s_projected']:.0f} | "
-              f"{r['engine_coco_round_h_projected']:.2f} | {r['reference_passes']} | "
-              f"{r['reference_coco_round_h_projected']:.1f} |")
+        print(
+            f"| {r['model']} | {r['img']} | {r['units']} | {r['engine_s_per_candidate']:.3f} | "
+            f"{r['naive_s_per_candidate']:.3f} | {r['speedup']:.2f}x | {r['forward_s_per_image']:.4f} | "
+            f"{r['engine_round_s_projected']:.0f} | {r['naive_round_s_projected']:.0f} | "
+            f"{r['engine_coco_round_h_projected']:.2f} | {r['reference_passes']} | "
+            f"{r['reference_coco_round_h_projected']:.1f} |"
+        )
     print("| GPU rows | | | not measured (no GPU lent to this task) | | | | | | | | |")
-    result = {"rows": rows, "args": vars(args), "gpu": "not measured (no GPU lent to this task)",
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                         f"{torch.get_num_threads()} threads", "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    result = {
+        "rows": rows,
+        "args": vars(args),
+        "gpu": "not measured (no GPU lent to this task)",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     if args.json:
         print(json.dumps(result))
 

@@ -12,7 +12,7 @@ every baseline is then matched to that result's GFLOPs:
 - ``tp-global``: Torch-Pruning's ``MagnitudePruner`` (``global_pruning=True``, ``MagnitudeImportance``
   with its defaults: p=2, mean group reduction, mean normalizer; Detect ignored), bisection on its
   ``pruning_ratio``; where Torch-Pruning cannot prune the model, the same rule on pagcp's graph
-  (:func:`pagcp.baselines.global_magnitude_keep`, L1) as ``global``;
+  (:func:`pagcp.engine.baselines.global_magnitude_keep`, L1) as ``global``;
 - ``random``: the same ratio in every unit, seeded random channels (bisection on the ratio).
 
 Each pruned model is validated on the whole val split, fine-tuned for ``--epochs`` on a seeded subset of
@@ -40,15 +40,16 @@ import pagcp  # noqa: E402, I001
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pagcp.baselines import matched_keep, prunable_units  # noqa: E402
+from pagcp.engine.baselines import matched_keep, prunable_units  # noqa: E402
 from pagcp.data import image_files, load_data_config  # noqa: E402
-from pagcp.losses import ComputeLoss  # noqa: E402
+from pagcp.detection.loss import ComputeLoss  # noqa: E402
 from pagcp.models.yolo import Detect  # noqa: E402
-from pagcp.oracle import SubsetOracle, yolo_subset, yolo_task_loss  # noqa: E402
-from pagcp.search import Search, pruned_to_keep  # noqa: E402
-from pagcp.settings import PruneSettings  # noqa: E402
-from pagcp.training import TrainSettings, train  # noqa: E402
-from pagcp.val import evaluate  # noqa: E402
+from pagcp.engine.oracle import SubsetOracle  # noqa: E402
+from pagcp.engine.yolo import yolo_subset, yolo_task_loss  # noqa: E402
+from pagcp.engine.search import Search, pruned_to_keep  # noqa: E402
+from pagcp.engine.settings import PruneSettings  # noqa: E402
+from pagcp.training.loop import TrainSettings, train  # noqa: E402
+from pagcp.detection.evaluate import evaluate  # noqa: E402
 
 TASKS = ["box", "obj", "cls"]
 METHODS = ("pagcp", "uniform", "tp-global", "random")
@@ -76,9 +77,14 @@ def tp_global(model: nn.Module, target_gflops: float, img: int, steps: int = 14)
 
     def pruned(ratio: float) -> nn.Module:
         m = copy.deepcopy(model).eval()
-        pruner = tp.pruner.MagnitudePruner(m, example, importance=tp.importance.MagnitudeImportance(),
-                                           global_pruning=True, pruning_ratio=ratio,
-                                           ignored_layers=[m.model[-1]])
+        pruner = tp.pruner.MagnitudePruner(
+            m,
+            example,
+            importance=tp.importance.MagnitudeImportance(),
+            global_pruning=True,
+            pruning_ratio=ratio,
+            ignored_layers=[m.model[-1]],
+        )
         pruner.step()
         return m
 
@@ -121,21 +127,37 @@ def pagcp_keeps(graph, batches, loss_fn, levels: list[str], img: int) -> dict[st
         seconds = round(time.perf_counter() - t0, 1)
         full = graph.flops(None, img)
         if run == "default":
-            out["default"] = (search.round_keeps[0], {"search_seconds": seconds, "evaluations": oracle.evaluations,
-                                                      "rounds": 1})
+            out["default"] = (
+                search.round_keeps[0],
+                {"search_seconds": seconds, "evaluations": oracle.evaluations, "rounds": 1},
+            )
             continue
         for t in targets:
-            i = next((i for i, k in enumerate(search.round_keeps) if graph.flops(k, img) <= t * full),
-                     len(search.round_keeps) - 1)
+            i = next(
+                (i for i, k in enumerate(search.round_keeps) if graph.flops(k, img) <= t * full),
+                len(search.round_keeps) - 1,
+            )
             hist = search.state.history[i]
-            out[f"{t:g}"] = (search.round_keeps[i], {"rounds": i + 1, "evaluations": hist["evaluations"],
-                                                     "search_seconds_all_rounds": seconds})
+            out[f"{t:g}"] = (
+                search.round_keeps[i],
+                {"rounds": i + 1, "evaluations": hist["evaluations"], "search_seconds_all_rounds": seconds},
+            )
     return out
 
 
 def finetune(model: nn.Module, data: dict, args: argparse.Namespace, name: str) -> nn.Module:
-    s = TrainSettings(epochs=args.epochs, img_size=args.img, batch_size=args.batch, device="cpu", hyp=args.hyp,
-                      workers=0, project=args.project, name=name, exist_ok=True, seed=args.seed)
+    s = TrainSettings(
+        epochs=args.epochs,
+        img_size=args.img,
+        batch_size=args.batch,
+        device="cpu",
+        hyp=args.hyp,
+        workers=0,
+        project=args.project,
+        name=name,
+        exist_ok=True,
+        seed=args.seed,
+    )
     return train(copy.deepcopy(model).train(), data, s)["model"].float().eval()
 
 
@@ -143,9 +165,13 @@ def train_data(cfg: dict, n_train: int, n_val: int, seed: int) -> dict:
     """A data dict: a seeded subset of the train split and (for training's own per-epoch check) of val."""
     train_files, val_files = image_files(cfg["train"]), image_files(cfg["val"])
     rng = random.Random(seed)
-    return {"path": cfg["path"], "train": sorted(rng.sample(train_files, min(n_train, len(train_files)))),
-            "val": sorted(rng.sample(val_files, min(n_val, len(val_files)))), "nc": cfg["nc"],
-            "names": cfg["names"]}
+    return {
+        "path": cfg["path"],
+        "train": sorted(rng.sample(train_files, min(n_train, len(train_files)))),
+        "val": sorted(rng.sample(val_files, min(n_val, len(val_files)))),
+        "nc": cfg["nc"],
+        "names": cfg["names"],
+    }
 
 
 def main() -> None:
@@ -165,8 +191,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--project", default="/tmp/pagcp_bench_quality")
     p.add_argument("--plot", default=str(Path(__file__).with_name("quality.png")))
-    p.add_argument("--summarize", nargs="+", default=None, metavar="LOG",
-                   help="only merge earlier runs' --json outputs (their last line) into one table and plot")
+    p.add_argument(
+        "--summarize",
+        nargs="+",
+        default=None,
+        metavar="LOG",
+        help="only merge earlier runs' --json outputs (their last line) into one table and plot",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     if args.summarize:
@@ -195,8 +226,13 @@ def main() -> None:
         return {"map50": round(r["map50"], 4), "map50_95": round(r["map50_95"], 4)}
 
     base_stats = pagcp.model_stats(model, img)
-    base = {"method": "unpruned", "level": "-", **base_stats, **{f"{k}_pruned": v for k, v in val(model).items()},
-            "latency_ms": round(latency_ms(model, img, args.latency_runs), 2)}
+    base = {
+        "method": "unpruned",
+        "level": "-",
+        **base_stats,
+        **{f"{k}_pruned": v for k, v in val(model).items()},
+        "latency_ms": round(latency_ms(model, img, args.latency_runs), 2),
+    }
     rows: list[dict[str, Any]] = [base]
     print(f"unpruned: {base}", flush=True)
     levels = args.levels.split(",")
@@ -204,9 +240,15 @@ def main() -> None:
     found = pagcp_keeps(graph, batches, loss_fn, [v for v in levels if not (reuse and v == "default")], img)
     if reuse:
         state = json.loads((Path(args.pagcp_run) / "state.json").read_text())
-        found["default"] = (pruned_to_keep(graph, state["keep"]), {
-            "search_seconds": round(state["seconds"], 1), "evaluations": state["evaluations"], "rounds": 1,
-            "reused": args.pagcp_run})
+        found["default"] = (
+            pruned_to_keep(graph, state["keep"]),
+            {
+                "search_seconds": round(state["seconds"], 1),
+                "evaluations": state["evaluations"],
+                "rounds": 1,
+                "reused": args.pagcp_run,
+            },
+        )
     for level in levels:
         keep, info = found["default" if level == "default" else f"{float(level):g}"]
         target = graph.flops(keep, img)
@@ -229,10 +271,15 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown method {method!r}; use {', '.join(METHODS)}")
             stats = pagcp.model_stats(pruned, img)
-            row = {"method": method, "level": level, **stats,
-                   "gflops_vs_pagcp": round(stats["gflops"] * 1e9 / target, 4),
-                   **{f"{k}_pruned": v for k, v in val(pruned).items()},
-                   "latency_ms": round(latency_ms(pruned, img, args.latency_runs), 2), **extra}
+            row = {
+                "method": method,
+                "level": level,
+                **stats,
+                "gflops_vs_pagcp": round(stats["gflops"] * 1e9 / target, 4),
+                **{f"{k}_pruned": v for k, v in val(pruned).items()},
+                "latency_ms": round(latency_ms(pruned, img, args.latency_runs), 2),
+                **extra,
+            }
             if args.epochs > 0:
                 tuned = finetune(pruned, data, args, f"{level}-{method}")
                 row.update({f"{k}_finetuned": v for k, v in val(tuned).items()})
@@ -243,24 +290,36 @@ def main() -> None:
     print_table(rows)
     if args.plot:
         plot(rows, args.plot, args.epochs > 0)
-    result = {"rows": rows, "weights": args.weights, "data": args.data, "img": img, "subset": args.subset,
-              "epochs": args.epochs, "train_images": args.train_images, "hyp": args.hyp,
-              "seconds": round(time.perf_counter() - started, 1),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                         f"{torch.get_num_threads()} threads", "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    result = {
+        "rows": rows,
+        "weights": args.weights,
+        "data": args.data,
+        "img": img,
+        "subset": args.subset,
+        "epochs": args.epochs,
+        "train_images": args.train_images,
+        "hyp": args.hyp,
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     if args.json:
         print(json.dumps(result))
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print("| level | method | params | GFLOPs | mAP50-95 pruned | mAP50-95 fine-tuned | mAP50 fine-tuned | "
-          "latency ms |")
+    print(
+        "| level | method | params | GFLOPs | mAP50-95 pruned | mAP50-95 fine-tuned | mAP50 fine-tuned | latency ms |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['level']} | {r['method']} | {r['params']:,} | {r['gflops']:.3f} | {r['map50_95_pruned']:.4f} | "
-              f"{r.get('map50_95_finetuned', float('nan')):.4f} | {r.get('map50_finetuned', float('nan')):.4f} | "
-              f"{r['latency_ms']:.1f} |")
+        print(
+            f"| {r['level']} | {r['method']} | {r['params']:,} | {r['gflops']:.3f} | {r['map50_95_pruned']:.4f} | "
+            f"{r.get('map50_95_finetuned', float('nan')):.4f} | {r.get('map50_finetuned', float('nan')):.4f} | "
+            f"{r['latency_ms']:.1f} |"
+        )
 
 
 def plot(rows: list[dict[str, Any]], path: str, tuned: bool) -> None:
@@ -276,8 +335,14 @@ def plot(rows: list[dict[str, Any]], path: str, tuned: bool) -> None:
         if pts:
             line = ax.plot([g for g, _, _ in pts], [m for _, m, _ in pts], marker=marker, label=method)[0]
             if tuned:
-                ax.plot([g for g, _, _ in pts], [m for _, _, m in pts], marker=marker, ls=":", mfc="none",
-                        color=line.get_color())
+                ax.plot(
+                    [g for g, _, _ in pts],
+                    [m for _, _, m in pts],
+                    marker=marker,
+                    ls=":",
+                    mfc="none",
+                    color=line.get_color(),
+                )
     unpruned = [r for r in rows if r["method"] == "unpruned"]
     if unpruned:
         ax.axhline(unpruned[0]["map50_95_pruned"], color="gray", ls="--", label="unpruned")

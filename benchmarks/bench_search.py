@@ -2,9 +2,10 @@
 
     python benchmarks/bench_search.py [--weights yolov5n-demo] [--data demo] [--img 256] [--subset 32] [--json]
 
-The engine (pagcp.search + pagcp.oracle) and the straightforward loop (pagcp.naive: copy, slice, evaluate the
-whole subset per candidate) get the same model, the same oracle batches and the same settings. Prints seconds,
-evaluations, seconds per evaluation and the speed-up side by side, and whether every unit's decision agrees.
+The engine (pagcp.engine.search + pagcp.engine.oracle) and the straightforward loop (pagcp.engine.naive: copy,
+slice, evaluate the whole subset per candidate) get the same model, the same oracle batches and the same settings.
+Prints seconds, evaluations, seconds per evaluation and the speed-up side by side, and whether every unit's
+decision agrees.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import torch  # noqa: E402
 
 import pagcp  # noqa: E402
 from pagcp.data import image_files, load_data_config  # noqa: E402
-from pagcp.losses import ComputeLoss  # noqa: E402
+from pagcp.detection.loss import ComputeLoss  # noqa: E402
+from pagcp.engine.naive import naive_prune  # noqa: E402
+from pagcp.engine.oracle import SubsetOracle  # noqa: E402
+from pagcp.engine.search import Search  # noqa: E402
+from pagcp.engine.settings import PruneSettings  # noqa: E402
+from pagcp.engine.yolo import yolo_subset, yolo_task_loss  # noqa: E402
 from pagcp.models.yolo import Detect  # noqa: E402
-from pagcp.naive import naive_prune  # noqa: E402
-from pagcp.oracle import SubsetOracle, yolo_subset, yolo_task_loss  # noqa: E402
-from pagcp.search import Search  # noqa: E402
-from pagcp.settings import PruneSettings  # noqa: E402
 
 TASKS = ["box", "obj", "cls"]
 
@@ -70,22 +72,32 @@ def main() -> None:
     same_selected = all(engine[n]["selected"] == naive[n]["selected"] for n in naive)
     same_keep = all(torch.equal(keep[k], truth["keep"][k]) for k in keep)
     result = {
-        "weights": args.weights, "img": args.img, "subset": args.subset, "units": len(engine),
-        "engine_seconds": round(engine_s, 2), "naive_seconds": round(naive_s, 2),
+        "weights": args.weights,
+        "img": args.img,
+        "subset": args.subset,
+        "units": len(engine),
+        "engine_seconds": round(engine_s, 2),
+        "naive_seconds": round(naive_s, 2),
         "speedup": round(naive_s / engine_s, 2),
-        "engine_evaluations": oracle.evaluations, "naive_evaluations": truth["evaluations"],
+        "engine_evaluations": oracle.evaluations,
+        "naive_evaluations": truth["evaluations"],
         "engine_ms_per_evaluation": round(1000 * engine_s / max(oracle.evaluations, 1), 1),
         "naive_ms_per_evaluation": round(1000 * naive_s / max(truth["evaluations"], 1), 1),
-        "same_decisions": same_ratios and same_selected, "same_ratios": same_ratios, "same_keep": same_keep,
+        "same_decisions": same_ratios and same_selected,
+        "same_ratios": same_ratios,
+        "same_keep": same_keep,
         "gflops_ratio": round(graph.flops(keep, args.img) / graph.flops(None, args.img), 4),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
     }
     print(f"{'':>8s} {'seconds':>9s} {'evals':>7s} {'ms/eval':>9s}")
     print(f"{'engine':>8s} {engine_s:9.1f} {oracle.evaluations:7d} {result['engine_ms_per_evaluation']:9.1f}")
     print(f"{'naive':>8s} {naive_s:9.1f} {truth['evaluations']:7d} {result['naive_ms_per_evaluation']:9.1f}")
-    print(f"speed-up {result['speedup']:.2f}x; same decisions: {result['same_decisions']} "
-          f"(ratios {same_ratios}, topk selection {same_selected}); GFLOPs kept {result['gflops_ratio']:.3f}")
+    print(
+        f"speed-up {result['speedup']:.2f}x; same decisions: {result['same_decisions']} "
+        f"(ratios {same_ratios}, topk selection {same_selected}); GFLOPs kept {result['gflops_ratio']:.3f}"
+    )
     if args.json:
         print(json.dumps(result))
 

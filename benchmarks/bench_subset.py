@@ -27,12 +27,13 @@ import pagcp  # noqa: E402, I001
 import torch  # noqa: E402
 
 from pagcp.data import image_files, load_data_config  # noqa: E402
-from pagcp.losses import ComputeLoss  # noqa: E402
+from pagcp.detection.loss import ComputeLoss  # noqa: E402
 from pagcp.models.yolo import Detect  # noqa: E402
-from pagcp.oracle import SubsetOracle, yolo_subset, yolo_task_loss  # noqa: E402
-from pagcp.search import Search  # noqa: E402
-from pagcp.settings import PruneSettings  # noqa: E402
-from pagcp.val import evaluate  # noqa: E402
+from pagcp.engine.oracle import SubsetOracle  # noqa: E402
+from pagcp.engine.yolo import yolo_subset, yolo_task_loss  # noqa: E402
+from pagcp.engine.search import Search  # noqa: E402
+from pagcp.engine.settings import PruneSettings  # noqa: E402
+from pagcp.detection.evaluate import evaluate  # noqa: E402
 
 TASKS = ["box", "obj", "cls"]
 
@@ -45,8 +46,9 @@ def run_level(level: str, args: argparse.Namespace, cfg: dict) -> dict[str, Any]
     n = None if level == "all" else int(level)
     batches = yolo_subset(files, img, args.batch, 32, int(cfg["nc"]), n, args.seed)
     graph = pagcp.trace(model, torch.zeros(1, 3, img, img))
-    oracle = SubsetOracle(graph, batches, yolo_task_loss(ComputeLoss(model, img_size=img)), TASKS,
-                          train_mode_leaves=(Detect,))
+    oracle = SubsetOracle(
+        graph, batches, yolo_task_loss(ComputeLoss(model, img_size=img)), TASKS, train_mode_leaves=(Detect,)
+    )
     search = Search(graph, oracle, PruneSettings(compression=args.compression), img)
     t0 = time.perf_counter()
     keep = search.run()
@@ -54,11 +56,20 @@ def run_level(level: str, args: argparse.Namespace, cfg: dict) -> dict[str, Any]
     pruned = graph.slice(keep).eval()
     r = evaluate(pruned, cfg, img_size=img, batch_size=32, device="cpu", progress=False)
     ratios = {d["name"]: (d["ratio"] if d["selected"] else 0.0) for d in search.state.decisions}
-    return {"level": level, "images": len(files) if n is None else n, "seed": args.seed,
-            "gflops": round(graph.flops(keep, img) / 1e9, 4), "params": graph.params(keep),
-            "map50": round(r["map50"], 4), "map50_95": round(r["map50_95"], 4),
-            "search_seconds": round(seconds, 1), "evaluations": oracle.evaluations, "ratios": ratios,
-            "compression": args.compression, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {
+        "level": level,
+        "images": len(files) if n is None else n,
+        "seed": args.seed,
+        "gflops": round(graph.flops(keep, img) / 1e9, 4),
+        "params": graph.params(keep),
+        "map50": round(r["map50"], 4),
+        "map50_95": round(r["map50_95"], 4),
+        "search_seconds": round(seconds, 1),
+        "evaluations": oracle.evaluations,
+        "ratios": ratios,
+        "compression": args.compression,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -69,18 +80,32 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         names = ref["ratios"].keys()
         same = sum(r["ratios"].get(k) == ref["ratios"][k] for k in names) / len(names)
         mad = sum(abs(r["ratios"].get(k, 0.0) - ref["ratios"][k]) for k in names) / len(names)
-        table.append({"images": r["images"], "same_ratio": round(same, 3), "mean_abs_ratio_diff": round(mad, 3),
-                      "gflops": r["gflops"], "gflops_vs_ref": round(r["gflops"] / ref["gflops"], 3),
-                      "map50_95": r["map50_95"], "map50_95_vs_ref": round(r["map50_95"] - ref["map50_95"], 4),
-                      "map50": r["map50"], "search_seconds": r["search_seconds"], "evaluations": r["evaluations"]})
+        table.append(
+            {
+                "images": r["images"],
+                "same_ratio": round(same, 3),
+                "mean_abs_ratio_diff": round(mad, 3),
+                "gflops": r["gflops"],
+                "gflops_vs_ref": round(r["gflops"] / ref["gflops"], 3),
+                "map50_95": r["map50_95"],
+                "map50_95_vs_ref": round(r["map50_95"] - ref["map50_95"], 4),
+                "map50": r["map50"],
+                "search_seconds": r["search_seconds"],
+                "evaluations": r["evaluations"],
+            }
+        )
     print(f"reference: {ref['images']} images ({ref['compression']} scope)")
-    print("| oracle images | same ratio | mean abs ratio diff | GFLOPs | GFLOPs vs ref | mAP50-95 | Δ mAP50-95 | "
-          "mAP50 | search s | evaluations |")
+    print(
+        "| oracle images | same ratio | mean abs ratio diff | GFLOPs | GFLOPs vs ref | mAP50-95 | Δ mAP50-95 | "
+        "mAP50 | search s | evaluations |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in table:
-        print(f"| {t['images']} | {t['same_ratio']:.2f} | {t['mean_abs_ratio_diff']:.3f} | {t['gflops']:.3f} | "
-              f"{t['gflops_vs_ref']:.3f} | {t['map50_95']:.4f} | {t['map50_95_vs_ref']:+.4f} | {t['map50']:.4f} | "
-              f"{t['search_seconds']:.0f} | {t['evaluations']} |")
+        print(
+            f"| {t['images']} | {t['same_ratio']:.2f} | {t['mean_abs_ratio_diff']:.3f} | {t['gflops']:.3f} | "
+            f"{t['gflops_vs_ref']:.3f} | {t['map50_95']:.4f} | {t['map50_95_vs_ref']:+.4f} | {t['map50']:.4f} | "
+            f"{t['search_seconds']:.0f} | {t['evaluations']} |"
+        )
     return {"reference_images": ref["images"], "table": table}
 
 
@@ -91,8 +116,12 @@ def main() -> None:
     p.add_argument("--img", type=int, default=320)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--levels", default="all,16,32,64,128", help="oracle images per run; 'all' = whole split")
-    p.add_argument("--compression", default="backbone", choices=["global", "backbone"],
-                   help="search scope (backbone: 26 of yolov5n's 50 units, to fit the CPU)")
+    p.add_argument(
+        "--compression",
+        default="backbone",
+        choices=["global", "backbone"],
+        help="search scope (backbone: 26 of yolov5n's 50 units, to fit the CPU)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="/tmp/pagcp_bench_subset.jsonl", help="JSON lines, one per finished level")
     p.add_argument("--summarize", default=None, help="only print the table of this JSON lines file")
@@ -111,8 +140,9 @@ def main() -> None:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps({k: v for k, v in row.items() if k != "ratios"}), flush=True)
     result = summarize(rows)
-    result.update(machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-                  torch=torch.__version__)
+    result.update(
+        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", torch=torch.__version__
+    )
     if args.json:
         print(json.dumps(result))
 

@@ -51,7 +51,7 @@ def saliency_masks(weights: list[torch.Tensor], seed: int = 0) -> list[torch.Ten
 
 def yolov5s_layer_shapes(img: int = 640) -> list[tuple[int, int, int]]:
     """Distinct (C, H, W) outputs of the BN+SiLU convs of yolov5s at img x img, in network order."""
-    from pagcp.models.common import Conv
+    from pagcp.models.blocks import Conv
 
     model = pagcp.load_model("yolov5s")
     shapes: list[tuple[int, int, int]] = []

@@ -26,7 +26,7 @@ _LAZY = {
     "save_model": "pagcp.models.checkpoint",
     "model_stats": "pagcp.models.stats",
     "trace": "pagcp.graph",
-    "prune": "pagcp.api",
+    "prune": "pagcp.engine.api",
     "PagcpError": "pagcp.errors",
 }
 

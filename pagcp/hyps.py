@@ -14,7 +14,7 @@ short warmup and milder augmentation, so the surviving filters are adjusted rath
 | translate, scale | 0.1, 0.5 | 0.05, 0.3 | milder geometry |
 | mosaic | 1.0 | 0.5 | half of the batches see whole images |
 
-The loss gains (box, obj, cls) are the *unscaled* values; ``pagcp.losses.ComputeLoss`` scales them by the
+The loss gains (box, obj, cls) are the *unscaled* values; ``pagcp.detection.loss.ComputeLoss`` scales them by the
 number of detection levels, classes and the image size.
 """
 

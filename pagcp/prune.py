@@ -1,271 +1,37 @@
-"""``python -m pagcp.prune``: PAGCP on a YOLOv5 checkpoint, then (optionally) fine-tuning, validation, report.
+"""``python -m pagcp.prune``: the pruning command (implemented in :mod:`pagcp.cli.prune`).
 
-With no arguments it prunes the bundled demo checkpoint (``yolov5n-demo``) on the demo dataset (generated on
-first use) on the CPU. The search writes its state after every unit; ``--resume`` continues it exactly.
+This module is also the Python API function: ``pagcp.prune(model, loss_fn, batches, example_input, ...)``
+(see :func:`pagcp.engine.api.prune`). Python binds ``pagcp.prune`` to this module as soon as anything
+imports it, so the module is made callable and forwards calls to the function: ``pagcp.prune(...)`` works
+whatever has been imported.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
+import inspect
 import sys
-import time
-from pathlib import Path
+import types
 from typing import Any
 
-import torch
-import yaml
-
-from .errors import ConfigError, PagcpError
-from .settings import COMPAT_MODES, COMPRESSIONS, PruneSettings
-
-log = logging.getLogger("pagcp.prune")
-TASKS = ["box", "obj", "cls"]
-DEFAULT_SUBSET = 64
+from pagcp.cli.prune import main
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one clear line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from pagcp.engine.api import prune
+
+        return prune(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        from pagcp.engine.api import prune
+
+        return inspect.signature(prune)
 
 
-def _subset(text: str) -> int | None:
-    if text == "all":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid --subset {text!r}: a number of images or 'all'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid --subset {value}: must be >= 1")
-    return value
+sys.modules[__name__].__class__ = _CallableModule
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m pagcp.prune", description=__doc__.split("\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("model and data (YOLOv5's names)")
-    g.add_argument("--weights", default="yolov5n-demo", help="checkpoint: bundled name, official .pt or pagcp .pt")
-    g.add_argument("--data", default="demo", help="data yaml, or 'demo'")
-    g.add_argument("--img", "--img-size", "--imgsz", dest="img", type=int, default=320, help="image size (px)")
-    g.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16,
-                   help="oracle batch (the reference's loader uses 2 x batch, see --compat)")
-    g.add_argument("--subset", type=_subset, default=DEFAULT_SUBSET,
-                   help="oracle images drawn (seeded) from the val split, or 'all'")
-    g.add_argument("--device", default="cpu", help="cpu, 0, cuda:0")
-    g.add_argument("--workers", type=int, default=0, help="dataloader workers")
-    g.add_argument("--seed", type=int, default=0, help="seed of the oracle subset")
-    r = p.add_argument_group("the decision rule (the reference's names; underscore spellings work too)")
-    r.add_argument("--initial-rate", "--initial_rate", dest="initial_rate", type=float, default=0.06)
-    r.add_argument("--initial-thres", "--initial_thres", dest="initial_thres", type=float, default=6.0)
-    r.add_argument("--exp", action=argparse.BooleanOptionalAction, default=True,
-                   help="decay the threshold by lambda after each accepted unit")
-    r.add_argument("--topk", type=float, default=0.8, help="fraction of units kept pruned (most loss-efficient)")
-    r.add_argument("--compression", choices=COMPRESSIONS, default="global")
-    r.add_argument("--saliency", choices=("l1", "l2"), default="l1")
-    r.add_argument("--round", type=int, default=0)
-    r.add_argument("--rate-slope", "--rate_slope", dest="rate_slope", type=float, default=0.0)
-    r.add_argument("--thres-slope", "--thres_slope", dest="thres_slope", type=float, default=0.0)
-    r.add_argument("--target-gflops", "--target_gflops", dest="target_gflops", type=float, default=None,
-                   help="run rounds until GFLOPs <= this fraction of the original")
-    r.add_argument("--max-rounds", "--max_rounds", dest="max_rounds", type=int, default=8)
-    r.add_argument("--compat", choices=COMPAT_MODES, default="default",
-                   help="'reference' reproduces the reference implementation, quirks included")
-    r.add_argument("--chunk", type=int, default=0, help="candidates per oracle pass (0: 1 on CPU, 4 on GPU)")
-    f = p.add_argument_group("fine-tuning and output")
-    f.add_argument("--finetune-epochs", "--finetune_epochs", dest="finetune_epochs", type=int, default=1)
-    f.add_argument("--finetune-batch", "--finetune_batch", dest="finetune_batch", type=int, default=16)
-    f.add_argument("--hyp", default="finetune",
-                   help="fine-tuning hyp: finetune (short runs), scratch (the paper's long runs) or a yaml")
-    f.add_argument("--project", default="runs/prune")
-    f.add_argument("--name", default="exp")
-    f.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue an interrupted run: its folder (default: the latest in --project)")
-    f.add_argument("--json", action="store_true", help="print the report as a JSON object on the last line")
-    return p
-
-
-def settings_from_args(args: argparse.Namespace) -> PruneSettings:
-    return PruneSettings(
-        initial_rate=args.initial_rate, initial_thres=args.initial_thres, exp=args.exp, topk=args.topk,
-        round=args.round, rate_slope=args.rate_slope, thres_slope=args.thres_slope, compression=args.compression,
-        saliency=args.saliency, compat=args.compat, target_gflops=args.target_gflops, max_rounds=args.max_rounds,
-        chunk=args.chunk,
-    )
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    checks = (("--img", args.img, 32), ("--batch", args.batch, 1), ("--workers", args.workers, 0),
-              ("--finetune-epochs", args.finetune_epochs, 0), ("--finetune-batch", args.finetune_batch, 1))
-    for flag, value, low in checks:
-        if value < low:
-            raise ConfigError(f"{flag} {value}: must be >= {low}")
-
-
-def _latest_run(project: Path) -> Path:
-    runs = sorted((p for p in project.glob("*") if (p / "state.json").is_file()), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise ConfigError(f"--resume: no run with a state.json under {project}")
-    return runs[-1]
-
-
-def _resumed_run(args: argparse.Namespace) -> Path:
-    """The folder of the run to continue; its saved flags replace the command line's (but --json)."""
-    run_dir = _latest_run(Path(args.project)) if args.resume == "latest" else Path(args.resume)
-    opt = run_dir / "opt.yaml"
-    if not opt.is_file():
-        raise ConfigError(f"--resume {run_dir}: no opt.yaml there; is it a pagcp.prune run folder?")
-    json_flag = args.json
-    for key, value in yaml.safe_load(opt.read_text()).items():
-        setattr(args, key, value)
-    args.json, args.resume = json_flag, str(run_dir)
-    return run_dir
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole job; returns the report dict."""
-    from tqdm import tqdm
-
-    from . import load_model, model_stats, save_model
-    from .data import image_files, load_data_config
-    from .graph import trace
-    from .losses import ComputeLoss
-    from .models.yolo import Detect, bundled_configs
-    from .oracle import SubsetOracle, yolo_subset, yolo_task_loss
-    from .run_records import increment_run_dir
-    from .search import Search
-    from .val import evaluate, select_device
-
-    _check_args(args)
-    if args.resume is not None:
-        run_dir, resuming = _resumed_run(args), True
-    settings = settings_from_args(args)
-    device = select_device(args.device)
-    cfg = load_data_config(args.data)
-    is_config = str(args.weights).endswith((".yaml", ".yml")) or str(args.weights) in bundled_configs()
-    torch.manual_seed(args.seed)  # a config name gets random weights: the same ones on every (resumed) run
-    model = load_model(args.weights, nc=int(cfg["nc"]) if is_config else None, device=device)
-    detect = model.model[-1]
-    if int(detect.nc) != int(cfg["nc"]):
-        raise ConfigError(f"--data {args.data} has nc={cfg['nc']} but --weights {args.weights} predicts "
-                          f"{detect.nc} classes; use the data yaml the model was trained on")
-    if not cfg.get("val"):
-        raise ConfigError(f"--data {args.data}: no 'val' split for the oracle")
-    files = image_files(cfg["val"])
-    if args.subset is not None and args.subset > len(files):
-        raise ConfigError(f"--subset {args.subset} is larger than the val split of {args.data} ({len(files)} images);"
-                          f" use --subset all or at most {len(files)}")
-    if args.resume is None:  # every check passed: only now a run folder is made
-        run_dir, resuming = increment_run_dir(args.project, args.name), False
-        run_dir.mkdir(parents=True, exist_ok=True)
-        saved = {k: v for k, v in vars(args).items() if k not in ("resume", "json")}
-        (run_dir / "opt.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    stride = int(max(detect.stride.max().item(), 32))
-    img = -(-args.img // stride) * stride
-    oracle_batch = 2 * args.batch if settings.compat == "reference" else args.batch
-    log.info("run folder %s; oracle: %s val images at %d px, batch %d, on %s", run_dir,
-             "all" if args.subset is None else args.subset, img, oracle_batch, device)
-
-    batches = yolo_subset(files, img, oracle_batch, stride, int(cfg["nc"]), args.subset, args.seed, device,
-                          args.workers)
-    graph = trace(model, torch.zeros(1, 3, img, img, device=device))
-    compute_loss = ComputeLoss(model, img_size=img, cache_targets=True)
-    oracle = SubsetOracle(graph, batches, yolo_task_loss(compute_loss), TASKS, chunk=settings.chunk,
-                          train_mode_leaves=(Detect,))
-    fingerprint = {"weights": str(args.weights), "data": str(args.data), "img": img, "subset": args.subset,
-                   "batch": oracle_batch, "seed": args.seed, "units": len(graph.units),
-                   "weights_checksum": float(sum(p.detach().double().abs().sum() for p in model.parameters()))}
-    bar = tqdm(desc="pruning", unit="unit", disable=None)
-
-    def progress(p: dict[str, Any]) -> None:
-        text = f"{p['unit']} ratio {p['ratio']:.2f} -> {p['gflops']:.3f} GFLOPs"
-        if bar.disable:  # not a terminal: one log line per unit instead of a bar
-            log.info("unit %d/%d %s%s", p["position"], p["total"], text,
-                     f" (tripped: {p['tripped']})" if p["tripped"] else "")
-            return
-        bar.total = p["total"]
-        bar.n = p["position"]
-        bar.set_postfix_str(text)
-
-    search = Search(graph, oracle, settings, img, state_path=run_dir / "state.json", fingerprint=fingerprint,
-                    progress=progress)
-    resume_search = resuming and (run_dir / "state.json").is_file()
-    try:
-        keep = search.run(resume=resume_search)
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"\ninterrupted; continue with: python -m pagcp.prune --resume {run_dir}", file=sys.stderr)
-        raise
-    bar.close()
-    st = search.state
-    pruned = graph.slice(keep).eval()
-    stats_before, stats_after = model_stats(model, img), model_stats(pruned, img)
-    meta = {"source": str(args.weights), "img_size": img, "gflops": stats_after["gflops"], "pagcp": settings.to_dict()}
-    save_model(pruned, run_dir / "pruned.pt", **meta)
-
-    def val(m) -> dict[str, Any]:
-        return evaluate(m, cfg, img_size=img, batch_size=32, device=device, workers=args.workers, progress=False)
-
-    before, after = val(model), val(pruned)
-    tuned = None
-    if args.finetune_epochs > 0:
-        tuned_model = _finetune(pruned, args, run_dir, img)
-        save_model(tuned_model, run_dir / "finetuned.pt", **meta)
-        tuned = val(tuned_model)
-    units = [{k: d[k] for k in ("name", "channels_before", "channels_after", "ratio", "tripped_task", "selected")}
-             for d in st.decisions]
-    report = {
-        "weights": str(args.weights), "data": str(args.data), "run_dir": str(run_dir),
-        "params_before": stats_before["params"], "params_after": stats_after["params"],
-        "gflops_before": stats_before["gflops"], "gflops_after": stats_after["gflops"],
-        "map50_before": before["map50"], "map50_95_before": before["map50_95"],
-        "map50_after": after["map50"], "map50_95_after": after["map50_95"],
-        "map50_finetuned": tuned["map50"] if tuned else None,
-        "map50_95_finetuned": tuned["map50_95"] if tuned else None,
-        "img_size": img, "subset": args.subset if args.subset is not None else len(files),
-        "evaluations": st.evaluations, "search_seconds": st.seconds, "lambda": st.lam,
-        "settings": settings.to_dict(), "rounds": len(st.history), "units": units,
-        "pruned": str(run_dir / "pruned.pt"),
-        "finetuned": str(run_dir / "finetuned.pt") if tuned else None,
-    }
-    from .report import write_report
-
-    write_report(run_dir, report)
-    return report
-
-
-def _finetune(model, args: argparse.Namespace, run_dir: Path, img: int):
-    from .training import TrainSettings, train
-
-    s = TrainSettings(epochs=args.finetune_epochs, img_size=img, batch_size=args.finetune_batch, device=args.device,
-                      hyp=args.hyp, workers=args.workers, project=str(run_dir), name="finetune", exist_ok=True,
-                      weights=str(run_dir / "pruned.pt"), data=str(args.data))
-    result = train(model.train(), args.data, s)
-    return result["model"].float().eval()
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        PruneSettings.validate(settings_from_args(args))
-        started = time.perf_counter()
-        report = run(args)
-    except PagcpError as e:
-        print(f"python -m pagcp.prune: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    from .report import summary_table
-
-    print(summary_table(report))
-    print(f"search: {report['evaluations']} evaluations in {report['search_seconds']:.1f} s; "
-          f"total {time.perf_counter() - started:.1f} s; results in {report['run_dir']}")
-    if args.json:
-        print(json.dumps(report))
-    return 0
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

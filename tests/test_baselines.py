@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pagcp
-from pagcp.baselines import (
+from pagcp.engine.baselines import (
     global_magnitude_keep,
     global_ranking,
     match_flops,
@@ -67,6 +67,7 @@ def test_matched_flops_within_two_percent(graph, method, fraction):
 
 
 def test_match_flops_bisection_on_a_line():
-    x, keep = match_flops(lambda v: {"v": torch.tensor([v])}, lambda k: int(1000 - 10 * float(k["v"])), 400.0,
-                          0.0, 100.0)
+    x, keep = match_flops(
+        lambda v: {"v": torch.tensor([v])}, lambda k: int(1000 - 10 * float(k["v"])), 400.0, 0.0, 100.0
+    )
     assert x == pytest.approx(60.0, abs=0.1) and int(keep["v"]) in (59, 60)

@@ -35,6 +35,7 @@ def read_rows(path):
 
 # ---------------------------------------------------------------- demo generator
 
+
 def test_demo_layout_and_exact_boxes(demo):
     cfg = load_data_config(str(demo / "data.yaml"))
     assert cfg["nc"] == len(CLASSES) >= 5 and cfg["names"] == CLASSES
@@ -72,8 +73,26 @@ def test_demo_is_deterministic(tmp_path, demo):
 
 def test_demo_cli_and_bad_out(tmp_path):
     out = tmp_path / "cli"
-    run = subprocess.run([sys.executable, "-m", "pagcp.data.demo", "--out", str(out), "--train", "2", "--val", "2",
-                          "--img", "64", "--seed", "5"], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pagcp.data.demo",
+            "--out",
+            str(out),
+            "--train",
+            "2",
+            "--val",
+            "2",
+            "--img",
+            "64",
+            "--seed",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert "2 train + 2 val images" in run.stdout and (out / "data.yaml").is_file()
     (tmp_path / "busy").mkdir()
@@ -85,8 +104,12 @@ def test_demo_cli_and_bad_out(tmp_path):
 def test_demo_cache_is_safe_against_concurrent_writers(tmp_path):
     env = {**os.environ, "PAGCP_HOME": str(tmp_path / "home")}
     code = "from pagcp.data.demo import ensure_demo; print(ensure_demo(train=3, val=3, img=64, seed=2))"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     paths = {o[0].strip() for o in outs}
@@ -105,13 +128,19 @@ def test_demo_cache_is_safe_against_concurrent_writers(tmp_path):
 
 # ---------------------------------------------------------------- data yaml
 
+
 def test_data_yaml_forms(tmp_path, demo):
     (tmp_path / "lists").mkdir()
     val_list = tmp_path / "lists" / "val.txt"
-    val_list.write_text("\n".join(os.path.relpath(p, tmp_path / "lists")
-                                  for p in image_files(str(demo / "images" / "val"))[:5]))
-    spec = {"path": str(demo), "train": ["images/train", "images/val"], "val": str(val_list),
-            "names": {0: "coin", 1: "face", 2: "digit", 3: "triangle", 4: "square", 5: "circle"}}
+    val_list.write_text(
+        "\n".join(os.path.relpath(p, tmp_path / "lists") for p in image_files(str(demo / "images" / "val"))[:5])
+    )
+    spec = {
+        "path": str(demo),
+        "train": ["images/train", "images/val"],
+        "val": str(val_list),
+        "names": {0: "coin", 1: "face", 2: "digit", 3: "triangle", 4: "square", 5: "circle"},
+    }
     y = tmp_path / "d.yaml"
     y.write_text(yaml.safe_dump(spec))
     cfg = load_data_config(str(y))
@@ -119,15 +148,18 @@ def test_data_yaml_forms(tmp_path, demo):
     assert cfg["train"] == [str(demo / "images/train"), str(demo / "images/val")]
     assert len(image_files(cfg["train"])) == 24 and len(image_files(cfg["val"])) == 5
     # relative 'path' is taken relative to the yaml's folder
-    (tmp_path / "rel.yaml").write_text(yaml.safe_dump({"path": os.path.relpath(demo, tmp_path), "val": "images/val",
-                                                       "names": ["a"] * 6}))
+    (tmp_path / "rel.yaml").write_text(
+        yaml.safe_dump({"path": os.path.relpath(demo, tmp_path), "val": "images/val", "names": ["a"] * 6})
+    )
     assert load_data_config(str(tmp_path / "rel.yaml"))["val"] == str(demo / "images/val")
     with pytest.raises(ConfigError, match="nc=3 but 6 names"):
         load_data_config({**spec, "nc": 3})
     with pytest.raises(ConfigError, match="not found"):
         load_data_config(str(tmp_path / "missing.yaml"))
-    assert label_path(f"{os.sep}a{os.sep}images{os.sep}x{os.sep}images{os.sep}b.jpg") == \
-        f"{os.sep}a{os.sep}images{os.sep}x{os.sep}labels{os.sep}b.txt"
+    assert (
+        label_path(f"{os.sep}a{os.sep}images{os.sep}x{os.sep}images{os.sep}b.jpg")
+        == f"{os.sep}a{os.sep}images{os.sep}x{os.sep}labels{os.sep}b.txt"
+    )
 
 
 def test_empty_split_is_a_clear_error(tmp_path):
@@ -151,19 +183,26 @@ def test_bad_data_is_counted_not_fatal(tmp_path, demo, caplog):
     with caplog.at_level(logging.INFO, logger="pagcp.data.dataset"):
         ds = YoloDataset(str(val), img_size=128, nc=6)
     assert len(ds) == 14
-    assert ds.problems == {"unreadable images": 2, "malformed label rows": 1, "out-of-range classes": 1,
-                           "duplicate label rows": 0}
+    assert ds.problems == {
+        "unreadable images": 2,
+        "malformed label rows": 1,
+        "out-of-range classes": 1,
+        "duplicate label rows": 0,
+    }
     text = caplog.text
     assert "000003.txt:" in text and "expected 5 numbers" in text and "class 9 >= nc=6" in text
     summary = [r.getMessage() for r in caplog.records if "without labels; skipped:" in r.getMessage()]
     assert len(summary) == 1
-    assert "14 images" in summary[0] and "2 unreadable images, 1 malformed label rows, 1 out-of-range classes" \
-        in summary[0]
+    assert (
+        "14 images" in summary[0]
+        and "2 unreadable images, 1 malformed label rows, 1 out-of-range classes" in summary[0]
+    )
     loader, _ = create_dataloader(str(val), 128, 4, rect=True, pad=0.5, nc=6)
     assert sum(len(b[0]) for b in loader) == 14
 
 
 # ---------------------------------------------------------------- geometry
+
 
 def test_letterbox_numbers():
     img = np.zeros((50, 100, 3), np.uint8)
@@ -233,7 +272,13 @@ def test_augmented_loader_is_seeded_and_valid(demo):
 
 def test_workers_draw_different_augmentations(demo):
     ds = YoloDataset(str(demo / "images" / "train"), 128, augment=True, hyp="scratch", nc=6, seed=3)
-    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, collate_fn=YoloDataset.collate,
-                                         sampler=[0, 0], generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=1,
+        num_workers=2,
+        collate_fn=YoloDataset.collate,
+        sampler=[0, 0],
+        generator=torch.Generator().manual_seed(0),
+    )
     first, second = (b[0] for b in loader)  # the same image, augmented in two different workers
     assert not torch.equal(first, second)

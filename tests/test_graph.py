@@ -55,7 +55,7 @@ def test_yolo_residual_groups_found(name, repeats):
 
 
 def test_yolo_unit_counts_and_widths():
-    # v5.0 s: 52 units (spec/pagcp.md, L = 52); v6+ replaces SPP+C3 with C3+SPPF: 50 units for n/s
+    # v5.0 s: 52 units (the paper's L = 52); v6+ replaces SPP+C3 with C3+SPPF: 50 units for n/s
     assert len(_yolo_graph("yolov5s-v5")[1]) == 52
     model, graph = _yolo_graph("yolov5s")
     assert len(graph) == 50
@@ -271,7 +271,7 @@ class RealOnly(nn.Module):
 
 
 def test_shape_propagation_falls_back_to_a_real_forward(caplog):
-    with caplog.at_level("INFO", logger="pagcp.graph_shapes"):
+    with caplog.at_level("INFO", logger="pagcp.graph.shapes"):
         graph = pagcp.trace(RealOnly(), torch.zeros(2, 3, 8, 8))
     assert "real forward pass" in caplog.text
     assert [u.name for u in graph.units] == ["a"]

@@ -8,16 +8,22 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from pagcp.detection.loss import ComputeLoss, bbox_ciou
 from pagcp.hyps import SCRATCH
-from pagcp.losses import ComputeLoss, bbox_ciou
 
 DEFAULT_ANCHORS_PX = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 
 
 def fake_model(nc, anchors_grid, strides):
     anchors = torch.tensor(anchors_grid, dtype=torch.float32)
-    det = SimpleNamespace(nc=nc, no=nc + 5, nl=anchors.shape[0], na=anchors.shape[1], anchors=anchors,
-                          stride=torch.tensor(strides, dtype=torch.float32))
+    det = SimpleNamespace(
+        nc=nc,
+        no=nc + 5,
+        nl=anchors.shape[0],
+        na=anchors.shape[1],
+        anchors=anchors,
+        stride=torch.tensor(strides, dtype=torch.float32),
+    )
     return SimpleNamespace(model=[det])
 
 
@@ -85,8 +91,13 @@ def reference_loss(preds, targets, anchors, nc, img_size, smoothing=0.0):
             lbox += box_sum / len(positives)
             if nc > 1:
                 lcls += cls_sum / (len(positives) * nc)
-        obj_sum = sum(bce(p[b][a][j][i][4], tobj.get((b, a, j, i), 0.0))
-                      for b in range(bs) for a in range(na) for j in range(ny) for i in range(nx))
+        obj_sum = sum(
+            bce(p[b][a][j][i][4], tobj.get((b, a, j, i), 0.0))
+            for b in range(bs)
+            for a in range(na)
+            for j in range(ny)
+            for i in range(nx)
+        )
         lobj += obj_sum / (bs * na * ny * nx) * balance[lvl]
     level = 3 / nl
     lbox *= SCRATCH["box"] * level
@@ -132,17 +143,18 @@ def test_one_target_random_logits_matches_reference():
 
 def test_several_levels_and_images():
     torch.manual_seed(2)
-    anchors = [[[w / s, h / s] for w, h in zip(row[::2], row[1::2])]
-               for row, s in zip(DEFAULT_ANCHORS_PX, (8, 16, 32))]
+    anchors = [[[w / s, h / s] for w, h in zip(row[::2], row[1::2])] for row, s in zip(DEFAULT_ANCHORS_PX, (8, 16, 32))]
     model = fake_model(nc=4, anchors_grid=anchors, strides=[8.0, 16.0, 32.0])
     img = 128
     preds = [torch.randn(2, 3, img // s, img // s, 9) for s in (8, 16, 32)]
-    targets = torch.tensor([
-        [0, 0, 0.30, 0.40, 0.10, 0.12],  # small: P3
-        [0, 3, 0.62, 0.55, 0.45, 0.60],  # large: P4/P5
-        [1, 1, 0.81, 0.17, 0.20, 0.15],
-        [1, 2, 0.05, 0.95, 0.08, 0.06],  # near the corner: neighbours clamped
-    ])
+    targets = torch.tensor(
+        [
+            [0, 0, 0.30, 0.40, 0.10, 0.12],  # small: P3
+            [0, 3, 0.62, 0.55, 0.45, 0.60],  # large: P4/P5
+            [1, 1, 0.81, 0.17, 0.20, 0.15],
+            [1, 2, 0.05, 0.95, 0.08, 0.06],  # near the corner: neighbours clamped
+        ]
+    )
     loss_fn = ComputeLoss(model, img_size=img)
     total, parts = loss_fn(preds, targets)
     ref = reference_loss(preds, targets, anchors, 4, img)
@@ -165,7 +177,8 @@ def test_label_smoothing():
     assert smooth[2] != plain[2] and smooth[:2].tolist() == pytest.approx(plain[:2].tolist())
     # zero logits: class BCE = log 2 for any target, so smoothing cannot change it
     _, zero = ComputeLoss(model, img_size=32, hyp={**SCRATCH, "label_smoothing": 0.1})(
-        [torch.zeros(1, 1, 4, 4, 8)], targets)
+        [torch.zeros(1, 1, 4, 4, 8)], targets
+    )
     assert zero[2].item() == pytest.approx(0.5 * 3 / 80 * 3 * math.log(2), rel=1e-5)
 
 
@@ -209,7 +222,7 @@ def test_load_hyp(tmp_path):
 
 def test_cached_target_matching_gives_the_same_losses():
     import pagcp
-    from pagcp.losses import ComputeLoss
+    from pagcp.detection.loss import ComputeLoss
 
     model = pagcp.load_model("yolov5n", nc=3)
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.4], [1, 2, 0.2, 0.7, 0.1, 0.2]])

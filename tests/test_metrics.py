@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pagcp.data.demo import generate_demo
-from pagcp.metrics import (
+from pagcp.detection.metrics import (
     COCO80_TO_91,
     ap_per_class,
     box_iou,
@@ -41,13 +41,16 @@ def _decoded(rows, nc):
 
 
 def test_nms_confidence_multilabel_and_class_awareness():
-    pred = _decoded([
-        (50, 50, 20, 20, 0.9, {0: 0.9}),            # conf 0.81, kept
-        (51, 50, 20, 20, 0.8, {0: 0.9}),            # conf 0.72, overlaps the first: suppressed
-        (51, 50, 20, 20, 0.8, {1: 0.5}),            # conf 0.40, class 1: kept (class-aware)
-        (10, 10, 8, 8, 0.5, {0: 0.6, 2: 0.4}),      # two labels over the threshold: two rows
-        (90, 90, 8, 8, 0.1, {0: 0.05}),             # conf 0.005 < 0.01: dropped
-    ], nc=3)
+    pred = _decoded(
+        [
+            (50, 50, 20, 20, 0.9, {0: 0.9}),  # conf 0.81, kept
+            (51, 50, 20, 20, 0.8, {0: 0.9}),  # conf 0.72, overlaps the first: suppressed
+            (51, 50, 20, 20, 0.8, {1: 0.5}),  # conf 0.40, class 1: kept (class-aware)
+            (10, 10, 8, 8, 0.5, {0: 0.6, 2: 0.4}),  # two labels over the threshold: two rows
+            (90, 90, 8, 8, 0.1, {0: 0.05}),  # conf 0.005 < 0.01: dropped
+        ],
+        nc=3,
+    )
     det = non_max_suppression(pred, conf_thres=0.01, iou_thres=0.5)[0]
     assert det.shape == (4, 6)
     got = sorted((round(r[4], 3), int(r[5])) for r in det.tolist())
@@ -61,12 +64,14 @@ def test_nms_confidence_multilabel_and_class_awareness():
 
 def test_match_detections_each_label_once():
     labels = torch.tensor([[0, 0.0, 0.0, 10.0, 10.0], [1, 20.0, 20.0, 30.0, 30.0]])
-    dets = torch.tensor([
-        [0.0, 0.0, 10.0, 10.0, 0.9, 0],    # IoU 1.0 with label 0
-        [0.0, 0.0, 10.0, 8.0, 0.8, 0],     # IoU 0.8 with label 0, already taken
-        [20.0, 20.0, 30.0, 27.0, 0.7, 1],  # IoU 0.7 with label 1
-        [20.0, 20.0, 30.0, 30.0, 0.6, 0],  # right place, wrong class
-    ])
+    dets = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0, 0.9, 0],  # IoU 1.0 with label 0
+            [0.0, 0.0, 10.0, 8.0, 0.8, 0],  # IoU 0.8 with label 0, already taken
+            [20.0, 20.0, 30.0, 27.0, 0.7, 1],  # IoU 0.7 with label 1
+            [20.0, 20.0, 30.0, 30.0, 0.6, 0],  # right place, wrong class
+        ]
+    )
     correct = match_detections(dets, labels)
     assert correct.shape == (4, 10)
     assert correct[0].all() and not correct[1].any() and not correct[3].any()

@@ -17,12 +17,24 @@ from pagcp.models import Model
 from pagcp.models.checkpoint import fit_widths
 
 SPEC_PARAMS = {
-    "yolov5s-v5": 7_276_605, "yolov5m-v5": 21_375_645, "yolov5l-v5": 47_056_765, "yolov5x-v5": 87_775_965,
-    "yolov5s": 7_235_389, "yolov5m": 21_190_557, "yolov5l": 46_563_709, "yolov5x": 86_749_405,
+    "yolov5s-v5": 7_276_605,
+    "yolov5m-v5": 21_375_645,
+    "yolov5l-v5": 47_056_765,
+    "yolov5x-v5": 87_775_965,
+    "yolov5s": 7_235_389,
+    "yolov5m": 21_190_557,
+    "yolov5l": 46_563_709,
+    "yolov5x": 86_749_405,
 }
 SPEC_GFLOPS = {
-    "yolov5s-v5": 17.0, "yolov5m-v5": 51.2, "yolov5l-v5": 115.3, "yolov5x-v5": 218.6,
-    "yolov5s": 16.4, "yolov5m": 48.9, "yolov5l": 109.0, "yolov5x": 205.4,
+    "yolov5s-v5": 17.0,
+    "yolov5m-v5": 51.2,
+    "yolov5l-v5": 115.3,
+    "yolov5x-v5": 218.6,
+    "yolov5s": 16.4,
+    "yolov5m": 48.9,
+    "yolov5l": 109.0,
+    "yolov5x": 205.4,
 }
 
 
@@ -43,8 +55,26 @@ def test_nano_models(name, params):
 
 def test_widths_and_structure_yolov5s():
     model = Model("yolov5s")
-    expect = {0: 32, 1: 64, 2: 64, 3: 128, 4: 128, 5: 256, 6: 256, 7: 512, 8: 512, 9: 512, 10: 256,
-              13: 256, 14: 128, 17: 128, 18: 128, 20: 256, 21: 256, 23: 512}
+    expect = {
+        0: 32,
+        1: 64,
+        2: 64,
+        3: 128,
+        4: 128,
+        5: 256,
+        6: 256,
+        7: 512,
+        8: 512,
+        9: 512,
+        10: 256,
+        13: 256,
+        14: 128,
+        17: 128,
+        18: 128,
+        20: 256,
+        21: 256,
+        23: 512,
+    }
     for i, c in expect.items():
         layer = model.model[i]
         out = layer.cv3 if hasattr(layer, "cv3") else layer.cv2 if hasattr(layer, "cv2") else layer
@@ -86,13 +116,15 @@ def test_detect_bias_init():
     model = Model("yolov5n", nc=3)
     b = model.model[-1].m[0].bias.view(3, -1)
     import math
+
     assert b[0, 4].item() == pytest.approx(math.log(8 / (640 / 8) ** 2), abs=0.5)
     assert b[1, 6].item() - b[1, 4].item() == pytest.approx(math.log(0.6 / 2.01) - math.log(8 / 80**2), abs=0.5)
 
 
 def test_custom_yaml(tmp_path):
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(textwrap.dedent("""
+    cfg.write_text(
+        textwrap.dedent("""
         nc: 4
         depth_multiple: 1.0
         width_multiple: 0.25
@@ -108,7 +140,8 @@ def test_custom_yaml(tmp_path):
           [[-1, 1, Conv, [128, 3, 2]],
            [[2, 3, 5], 1, Detect, [nc, anchors]],
           ]
-        """))
+        """)
+    )
     model = pagcp.load_model(cfg)
     assert model.nc == 4 and model.stride.tolist() == [4.0, 8.0, 32.0]
     decoded, _ = model(torch.rand(1, 3, 64, 64))
@@ -123,7 +156,8 @@ def _prune_some(model: Model) -> None:
         sd[f"model.2.cv2.{k}"] = sd[f"model.2.cv2.{k}"][keep]
     c_m = model.model[2].cv1.conv.out_channels
     sd["model.2.cv3.conv.weight"] = torch.cat(
-        [sd["model.2.cv3.conv.weight"][:, :c_m], sd["model.2.cv3.conv.weight"][:, c_m:][:, keep]], 1)
+        [sd["model.2.cv3.conv.weight"][:, :c_m], sd["model.2.cv3.conv.weight"][:, c_m:][:, keep]], 1
+    )
     fit_widths(model, sd)
     model.load_state_dict(sd)
 
@@ -160,7 +194,7 @@ def test_pruned_widths_round_trip(tmp_path, name):
 
 
 UPSTREAM_COMMON = """
-import pagcp.models.common as _c
+import pagcp.models.blocks as _c
 class Conv(_c.Conv): pass
 class Bottleneck(_c.Bottleneck): pass
 class C3(_c.C3): pass
@@ -213,8 +247,11 @@ def _as_upstream(model: Model, models, model_cls: str, anchor_grid: bool) -> nn.
 
 @pytest.mark.parametrize(
     "name,model_cls,anchor_grid,pruned",
-    [("yolov5n", "DetectionModel", False, False), ("yolov5n-v5", "Model", True, False),
-     ("yolov5n", "Model", False, True)],
+    [
+        ("yolov5n", "DetectionModel", False, False),
+        ("yolov5n-v5", "Model", True, False),
+        ("yolov5n", "Model", False, True),
+    ],
 )
 def test_official_checkpoint_loads(tmp_path, upstream_package, name, model_cls, anchor_grid, pruned):
     source = pagcp.load_model(name, nc=3)
@@ -228,8 +265,18 @@ def test_official_checkpoint_loads(tmp_path, upstream_package, name, model_cls, 
     reference = reference.half().float().eval()
     upstream = _as_upstream(source, upstream_package, model_cls, anchor_grid).half()
     path = tmp_path / f"{name}-official.pt"
-    torch.save({"model": upstream, "ema": None, "epoch": -1, "optimizer": None, "best_fitness": None,
-                "updates": None, "date": "2022-11-22"}, path)
+    torch.save(
+        {
+            "model": upstream,
+            "ema": None,
+            "epoch": -1,
+            "optimizer": None,
+            "best_fitness": None,
+            "updates": None,
+            "date": "2022-11-22",
+        },
+        path,
+    )
     import zipfile
 
     with zipfile.ZipFile(path) as z:
@@ -268,8 +315,10 @@ def test_bad_inputs_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"missing\.pt: checkpoint file not found"):
         pagcp.load_model(tmp_path / "missing.pt")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("nc: 2\ndepth_multiple: 1\nwidth_multiple: 1\nanchors: 3\n"
-                   "backbone: [[-1, 1, Conv, [16, 3, 2]], [-1, 1, Frobnicate, [32]]]\nhead: []\n")
+    bad.write_text(
+        "nc: 2\ndepth_multiple: 1\nwidth_multiple: 1\nanchors: 3\n"
+        "backbone: [[-1, 1, Conv, [16, 3, 2]], [-1, 1, Frobnicate, [32]]]\nhead: []\n"
+    )
     with pytest.raises(ConfigError, match=r"bad\.yaml: layer 1: unknown module 'Frobnicate'"):
         pagcp.load_model(bad)
     with pytest.raises(ConfigError, match=r"nothere\.yaml: model yaml not found"):

@@ -13,17 +13,40 @@ import pytest
 import torch
 
 import pagcp
-from pagcp.val import evaluate
+from pagcp.detection.evaluate import evaluate
 
 DATA = "demo:train=16,val=24,img=96"
-BASE = ["--weights", "yolov5n", "--data", DATA, "--img", "96", "--batch", "8", "--subset", "16",
-        "--finetune-epochs", "0", "--initial-rate", "0.0003", "--initial-thres", "1.006"]
+BASE = [
+    "--weights",
+    "yolov5n",
+    "--data",
+    DATA,
+    "--img",
+    "96",
+    "--batch",
+    "8",
+    "--subset",
+    "16",
+    "--finetune-epochs",
+    "0",
+    "--initial-rate",
+    "0.0003",
+    "--initial-thres",
+    "1.006",
+]
 
 
 def _prune(args, cwd, check=True, **kwargs):
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    proc = subprocess.run([sys.executable, "-m", "pagcp.prune", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900, **kwargs)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pagcp.prune", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        **kwargs,
+    )
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -40,8 +63,14 @@ def finished(tmp_path_factory):
 def test_report_and_checkpoint_agree(finished):
     root, report, stdout = finished
     run_dir = root / "runs" / "exp"
-    assert {p.name for p in run_dir.iterdir()} >= {"pruned.pt", "report.json", "report.md", "channels.png",
-                                                   "state.json", "opt.yaml"}
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "pruned.pt",
+        "report.json",
+        "report.md",
+        "channels.png",
+        "state.json",
+        "opt.yaml",
+    }
     assert json.loads((run_dir / "report.json").read_text()) == report
     assert report["map50_finetuned"] is None and report["subset"] == 16 and report["img_size"] == 96
     assert report["gflops_after"] < report["gflops_before"] and report["params_after"] < report["params_before"]
@@ -62,8 +91,14 @@ def test_ctrl_c_then_resume_gives_the_same_decisions(finished, tmp_path):
     _, report, _ = finished
     runs = tmp_path / "runs"
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    proc = subprocess.Popen([sys.executable, "-m", "pagcp.prune", *BASE, "--project", str(runs)], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pagcp.prune", *BASE, "--project", str(runs)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     state = runs / "exp" / "state.json"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -95,8 +130,9 @@ def test_bad_input_fails_before_any_work(tmp_path):
     assert "--subset 1000 is larger than the val split" in too_many.stderr
     model = pagcp.load_model("yolov5n", nc=3)
     pagcp.save_model(model, tmp_path / "three.pt")
-    wrong_nc = _prune([*BASE[2:], "--weights", str(tmp_path / "three.pt"), "--project", str(runs)], tmp_path,
-                      check=False)
+    wrong_nc = _prune(
+        [*BASE[2:], "--weights", str(tmp_path / "three.pt"), "--project", str(runs)], tmp_path, check=False
+    )
     assert wrong_nc.returncode == 2 and "nc=6" in wrong_nc.stderr and "three.pt" in wrong_nc.stderr
     assert not runs.exists()  # nothing was started
     torch.manual_seed(0)

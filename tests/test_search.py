@@ -10,15 +10,17 @@ import torchvision
 from torch import nn
 
 import pagcp
+from pagcp.detection.loss import ComputeLoss
+from pagcp.engine.executor import Executor
+from pagcp.engine.naive import naive_prune
+from pagcp.engine.oracle import SubsetOracle
+from pagcp.engine.rule import solve_lambda
+from pagcp.engine.saliency import select_keep, unit_scores
+from pagcp.engine.search import Search
+from pagcp.engine.settings import RATIOS, PruneSettings
+from pagcp.engine.yolo import subset_indices, yolo_task_loss
 from pagcp.errors import ConfigError, PagcpError
-from pagcp.executor import Executor
-from pagcp.losses import ComputeLoss
 from pagcp.models.yolo import Detect
-from pagcp.naive import naive_prune
-from pagcp.oracle import SubsetOracle, subset_indices, yolo_task_loss
-from pagcp.saliency import select_keep, unit_scores
-from pagcp.search import Search, solve_lambda
-from pagcp.settings import RATIOS, PruneSettings
 
 TASKS = ["box", "obj", "cls"]
 
@@ -234,16 +236,23 @@ def test_search_resume_gives_identical_result(tmp_path, yolo):
     assert final["decisions"] == json.loads((tmp_path / "whole.json").read_text())["decisions"]
 
     other = SubsetOracle(graph, batches, loss_fn, TASKS, train_mode_leaves=(Detect,))
-    changed = Search(graph, other, PruneSettings(compression="backbone", topk=0.5, **SMALL), 64,
-                     state_path=tmp_path / "part.json", fingerprint={"model": "test"})
+    changed = Search(
+        graph,
+        other,
+        PruneSettings(compression="backbone", topk=0.5, **SMALL),
+        64,
+        state_path=tmp_path / "part.json",
+        fingerprint={"model": "test"},
+    )
     with pytest.raises(PagcpError, match="other settings \\(topk\\)"):
         changed.run(resume=True)
 
 
 def test_target_gflops_runs_rounds(yolo):
     _, graph, batches, loss_fn = yolo
-    settings = PruneSettings(compression="backbone", target_gflops=0.6, max_rounds=3, initial_rate=0.002,
-                             initial_thres=1.05)
+    settings = PruneSettings(
+        compression="backbone", target_gflops=0.6, max_rounds=3, initial_rate=0.002, initial_thres=1.05
+    )
     oracle = SubsetOracle(graph, batches, loss_fn, TASKS, train_mode_leaves=(Detect,))
     search = Search(graph, oracle, settings, 64)
     keep = search.run()
@@ -262,8 +271,16 @@ def test_python_api_on_a_torchvision_classifier():
     def loss_fn(out, y):  # two tasks: cross-entropy and a confidence penalty
         return torch.stack([nn.functional.cross_entropy(out, y), out.softmax(1).max(1).values.mean()])
 
-    result = pagcp.prune(model, loss_fn, batches, torch.zeros(1, 3, 32, 32), tasks=["ce", "conf"],
-                         initial_rate=0.05, initial_thres=3.0, topk=1.0)
+    result = pagcp.prune(
+        model,
+        loss_fn,
+        batches,
+        torch.zeros(1, 3, 32, 32),
+        tasks=["ce", "conf"],
+        initial_rate=0.05,
+        initial_thres=3.0,
+        topk=1.0,
+    )
     assert len(result.decisions) == len([u for u in result.graph.units if u.size > 1])
     assert result.graph.flops(result.keep) < result.graph.flops(None)
     sliced = result.model

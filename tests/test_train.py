@@ -16,14 +16,14 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from pagcp.cli.train import main as train_main
 from pagcp.data.demo import generate_demo
-from pagcp.ema import ModelEMA
 from pagcp.hyps import load_hyp
 from pagcp.models.checkpoint import conv_widths, fit_widths, load_checkpoint_file, save_model
 from pagcp.models.yolo import Model, read_config
-from pagcp.optim import Schedule, build_optimizer, one_cycle, split_parameters
-from pagcp.train import main as train_main
-from pagcp.training import TrainSettings, read_train_state, train
+from pagcp.training.ema import ModelEMA
+from pagcp.training.loop import TrainSettings, read_train_state, train
+from pagcp.training.optim import Schedule, build_optimizer, one_cycle, split_parameters
 
 IMG = 64
 
@@ -146,8 +146,12 @@ def test_lr_in_a_real_run_follows_the_warmup(tiny_data, tmp_path):
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_data, tmp_path):
     full = train(tiny_model(), tiny_data, settings(tmp_path, epochs=3, name="full"))
-    stopped = train(tiny_model(), tiny_data, settings(tmp_path, epochs=3, name="cut"),
-                    on_epoch_end=lambda epoch, metrics: epoch == 0)
+    stopped = train(
+        tiny_model(),
+        tiny_data,
+        settings(tmp_path, epochs=3, name="cut"),
+        on_epoch_end=lambda epoch, metrics: epoch == 0,
+    )
     assert stopped["epochs"] == 1 and not stopped["finished"]
     model, state = read_train_state(stopped["save_dir"])
     assert state["epoch"] == 0 and set(state["optimizer"]["state"])
@@ -165,8 +169,13 @@ def test_pruned_checkpoint_fine_tunes_with_its_widths(tiny_data, tmp_path, capsy
     sd = model.state_dict()
     keep = 5  # layer 0 has 8 output channels: keep 5 (and the matching inputs of layer 1)
     pruned_sd = dict(sd)
-    for k in ("model.0.conv.weight", "model.0.bn.weight", "model.0.bn.bias", "model.0.bn.running_mean",
-              "model.0.bn.running_var"):
+    for k in (
+        "model.0.conv.weight",
+        "model.0.bn.weight",
+        "model.0.bn.bias",
+        "model.0.bn.running_mean",
+        "model.0.bn.running_var",
+    ):
         pruned_sd[k] = sd[k][:keep].clone()
     pruned_sd["model.1.conv.weight"] = sd["model.1.conv.weight"][:, :keep].clone()
     pruned = copy.deepcopy(model)
@@ -175,8 +184,25 @@ def test_pruned_checkpoint_fine_tunes_with_its_widths(tiny_data, tmp_path, capsy
     src = save_model(pruned, tmp_path / "pruned.pt")
     widths = conv_widths(pruned)
     assert widths["model.0.conv"][1] == keep and widths["model.1.conv"][0] == keep
-    code = train_main(["--weights", str(src), "--data", tiny_data, "--epochs", "1", "--img", str(IMG), "--batch",
-                       "4", "--workers", "0", "--project", str(tmp_path / "runs"), "--json"])
+    code = train_main(
+        [
+            "--weights",
+            str(src),
+            "--data",
+            tiny_data,
+            "--epochs",
+            "1",
+            "--img",
+            str(IMG),
+            "--batch",
+            "4",
+            "--workers",
+            "0",
+            "--project",
+            str(tmp_path / "runs"),
+            "--json",
+        ]
+    )
     assert code == 0
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     tuned = load_checkpoint_file(results["last"])
@@ -195,14 +221,20 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     model = tiny_model(seed=rank)  # different starting weights: DDP must broadcast rank 0's
-    results = train(model, data, TrainSettings(epochs=2, img_size=IMG, batch_size=4, workers=0, seed=1,
-                                               project=os.path.join(out, "runs")))
-    torch.save({"model": model.state_dict(), "ema": results["model"].state_dict(), "epochs": results["epochs"]},
-               os.path.join(out, f"rank{rank}.pt"))
+    results = train(
+        model,
+        data,
+        TrainSettings(epochs=2, img_size=IMG, batch_size=4, workers=0, seed=1, project=os.path.join(out, "runs")),
+    )
+    torch.save(
+        {"model": model.state_dict(), "ema": results["model"].state_dict(), "epochs": results["epochs"]},
+        os.path.join(out, f"rank{rank}.pt"),
+    )
 
 
 def test_two_process_gloo_run_ends_with_identical_weights(tiny_data, tmp_path):
@@ -219,9 +251,32 @@ def test_two_process_gloo_run_ends_with_identical_weights(tiny_data, tmp_path):
 
 def test_torchrun_cli_trains_on_two_cpu_processes(tiny_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "pagcp.train", "--cfg", "yolov5n", "--data", tiny_data, "--epochs", "1",
-           "--img", str(IMG), "--batch", "4", "--workers", "0", "--project", str(tmp_path / "runs"), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "pagcp.train",
+        "--cfg",
+        "yolov5n",
+        "--data",
+        tiny_data,
+        "--epochs",
+        "1",
+        "--img",
+        str(IMG),
+        "--batch",
+        "4",
+        "--workers",
+        "0",
+        "--project",
+        str(tmp_path / "runs"),
+        "--json",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])  # rank 0 prints, the others stay quiet

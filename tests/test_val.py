@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 import pagcp
+from pagcp.cli.val import main
 from pagcp.data import create_dataloader
 from pagcp.data.demo import generate_demo
-from pagcp.losses import ComputeLoss
-from pagcp.val import evaluate, main
+from pagcp.detection.evaluate import evaluate
+from pagcp.detection.loss import ComputeLoss
 
 NC = 6
 
@@ -88,8 +89,15 @@ def test_evaluate_agrees_with_pycocotools(demo, tmp_path):
             lab = targets[targets[:, 0] == b, 1:].clone()
             lab[:, 1:] *= torch.tensor([w, h, w, h])
             rows[_key(img)] = replay_rows(lab, rng, w)
-    result = evaluate(ReplayDetector(rows), loader, 160, iou_thres=0.65, names=[str(i) for i in range(NC)],
-                      json_path=str(tmp_path / "pred.json"), coco_gt=str(demo / "annotations/instances_val.json"))
+    result = evaluate(
+        ReplayDetector(rows),
+        loader,
+        160,
+        iou_thres=0.65,
+        names=[str(i) for i in range(NC)],
+        json_path=str(tmp_path / "pred.json"),
+        coco_gt=str(demo / "annotations/instances_val.json"),
+    )
     assert result["images"] == 40 and result["instances"] > 100
     assert 0.2 < result["map50_95"] < 0.9 and result["map50"] > result["map50_95"]
     assert abs(result["map50_95"] - result["coco_map50_95"]) < 0.01
@@ -115,9 +123,27 @@ def test_evaluate_real_model_with_loss(demo):
 
 def test_val_cli_json(tmp_path):
     env = {**os.environ, "PAGCP_HOME": str(tmp_path / "home")}
-    cmd = [sys.executable, "-m", "pagcp.val", "--weights", "yolov5n", "--data", "demo:train=0,val=8,img=128",
-           "--img", "128", "--batch", "16", "--device", "cpu", "--workers", "0", "--json", "--coco-eval",
-           "--project", str(tmp_path / "runs")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pagcp.val",
+        "--weights",
+        "yolov5n",
+        "--data",
+        "demo:train=0,val=8,img=128",
+        "--img",
+        "128",
+        "--batch",
+        "16",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--json",
+        "--coco-eval",
+        "--project",
+        str(tmp_path / "runs"),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.strip().splitlines()
@@ -135,22 +161,46 @@ def test_val_cli_on_bad_data_reports_and_runs(tmp_path):
     generate_demo(str(root), train=0, val=8, img=128, seed=4)
     (root / "images/val/000000.jpg").write_bytes(b"garbage")
     (root / "labels/val/000001.txt").write_text("0 0.5 0.5 0.2\n7 0.5 0.5 0.2 0.2\n")
-    run = subprocess.run([sys.executable, "-m", "pagcp.val", "--weights", "yolov5n", "--data", str(root / "data.yaml"),
-                          "--img", "128", "--batch", "16", "--device", "cpu", "--workers", "0", "--json"],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pagcp.val",
+            "--weights",
+            "yolov5n",
+            "--data",
+            str(root / "data.yaml"),
+            "--img",
+            "128",
+            "--batch",
+            "16",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     assert "1 unreadable images, 1 malformed label rows, 1 out-of-range classes" in run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1])["images"] == 7
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--img", "16"], "--img 16: must be at least 32"),
-    (["--batch", "0"], "--batch 0: must be at least 1"),
-    (["--conf-thres", "2"], "--conf-thres 2.0: must lie in [0, 1]"),
-    (["--device", "gpu7"], "--device 'gpu7'"),
-    (["--data", "/nonexistent/data.yaml"], "/nonexistent/data.yaml not found"),
-    (["--weights", "/nonexistent/w.pt"], "/nonexistent/w.pt"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--img", "16"], "--img 16: must be at least 32"),
+        (["--batch", "0"], "--batch 0: must be at least 1"),
+        (["--conf-thres", "2"], "--conf-thres 2.0: must lie in [0, 1]"),
+        (["--device", "gpu7"], "--device 'gpu7'"),
+        (["--data", "/nonexistent/data.yaml"], "/nonexistent/data.yaml not found"),
+        (["--weights", "/nonexistent/w.pt"], "/nonexistent/w.pt"),
+    ],
+)
 def test_val_cli_bad_flags(argv, message, demo, capsys):
     base = ["--weights", "yolov5n", "--data", str(demo / "data.yaml"), "--device", "cpu"]
     assert main(base + argv) == 2

@@ -61,8 +61,16 @@ def augment_hsv(img: np.ndarray, hgain: float, sgain: float, vgain: float, rng: 
 
 
 def _affine_matrix(
-    in_w: int, in_h: int, out_w: int, out_h: int, rng: np.random.Generator,
-    degrees: float, translate: float, scale: float, shear: float, perspective: float,
+    in_w: int,
+    in_h: int,
+    out_w: int,
+    out_h: int,
+    rng: np.random.Generator,
+    degrees: float,
+    translate: float,
+    scale: float,
+    shear: float,
+    perspective: float,
 ) -> tuple[np.ndarray, float]:
     centre = np.eye(3)
     centre[0, 2], centre[1, 2] = -in_w / 2, -in_h / 2
@@ -96,8 +104,14 @@ def transform_boxes(boxes: np.ndarray, matrix: np.ndarray, out_w: int, out_h: in
     return out
 
 
-def box_candidates(before: np.ndarray, after: np.ndarray, gain: float, min_wh: float = 2,
-                   min_area_ratio: float = 0.1, max_aspect: float = 20) -> np.ndarray:
+def box_candidates(
+    before: np.ndarray,
+    after: np.ndarray,
+    gain: float,
+    min_wh: float = 2,
+    min_area_ratio: float = 0.1,
+    max_aspect: float = 20,
+) -> np.ndarray:
     """Boxes worth keeping after a warp: not tiny, not mostly cut off, not degenerate slivers."""
     w1, h1 = (before[:, 2] - before[:, 0]) * gain, (before[:, 3] - before[:, 1]) * gain
     w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
@@ -106,8 +120,15 @@ def box_candidates(before: np.ndarray, after: np.ndarray, gain: float, min_wh: f
 
 
 def random_affine(
-    img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, degrees: float = 0.0,
-    translate: float = 0.1, scale: float = 0.5, shear: float = 0.0, perspective: float = 0.0, border: int = 0,
+    img: np.ndarray,
+    boxes: np.ndarray,
+    rng: np.random.Generator,
+    degrees: float = 0.0,
+    translate: float = 0.1,
+    scale: float = 0.5,
+    shear: float = 0.0,
+    perspective: float = 0.0,
+    border: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random rotation/scale/shear/translation (and perspective) of an image and its boxes.
 
@@ -121,11 +142,21 @@ def random_affine(
     pil = Image.fromarray(img)
     if perspective:
         inv = inv / inv[2, 2]
-        warped = pil.transform((out_w, out_h), Image.Transform.PERSPECTIVE, tuple(inv.reshape(-1)[:8]),
-                               Image.Resampling.BILINEAR, fillcolor=_FILL)
+        warped = pil.transform(
+            (out_w, out_h),
+            Image.Transform.PERSPECTIVE,
+            tuple(inv.reshape(-1)[:8]),
+            Image.Resampling.BILINEAR,
+            fillcolor=_FILL,
+        )
     else:
-        warped = pil.transform((out_w, out_h), Image.Transform.AFFINE, tuple(inv[:2].reshape(-1)),
-                               Image.Resampling.BILINEAR, fillcolor=_FILL)
+        warped = pil.transform(
+            (out_w, out_h),
+            Image.Transform.AFFINE,
+            tuple(inv[:2].reshape(-1)),
+            Image.Resampling.BILINEAR,
+            fillcolor=_FILL,
+        )
     new_boxes = transform_boxes(boxes, matrix, out_w, out_h)
     keep = box_candidates(boxes, new_boxes, gain) if len(boxes) else np.zeros(0, dtype=bool)
     return np.asarray(warped), new_boxes[keep], keep

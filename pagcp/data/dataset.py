@@ -205,8 +205,10 @@ class YoloDataset(Dataset):
         empty = sum(1 for lb in self.labels if not len(lb))
         kinds = ("unreadable images", "malformed label rows", "out-of-range classes", "duplicate label rows")
         skipped = ", ".join(f"{problems.counts[k]} {k}" for k in kinds)
-        summary = (f"{self.prefix}{self.source}: {len(self.files)} images, {n_boxes} boxes, {empty} without labels;"
-                   f" skipped: {skipped}")
+        summary = (
+            f"{self.prefix}{self.source}: {len(self.files)} images, {n_boxes} boxes, {empty} without labels;"
+            f" skipped: {skipped}"
+        )
         (LOGGER.warning if sum(problems.counts.values()) else LOGGER.info)(summary)
         self.problems = {k: problems.counts[k] for k in kinds}
         if not self.files:
@@ -282,7 +284,14 @@ class YoloDataset(Dataset):
         if self.mosaic and self.rng.random() < h["mosaic"]:
             img, boxes, classes = self._load_mosaic(index)
             img, boxes, keep = random_affine(
-                img, boxes, self.rng, h["degrees"], h["translate"], h["scale"], h["shear"], h["perspective"],
+                img,
+                boxes,
+                self.rng,
+                h["degrees"],
+                h["translate"],
+                h["scale"],
+                h["shear"],
+                h["perspective"],
                 border=-self.img_size // 2,
             )
             classes = classes[keep]

@@ -108,9 +108,17 @@ def _face_cutouts(faces: np.ndarray) -> list[np.ndarray]:
 def _sources() -> dict[str, list[np.ndarray]]:
     data, datasets = _require_sources()
     backgrounds = [
-        data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.stereo_motorcycle()[0],
-        data.hubble_deep_field(), data.brick(), data.grass(), data.gravel(),
-        datasets.load_sample_image("china.jpg"), datasets.load_sample_image("flower.jpg"),
+        data.astronaut(),
+        data.coffee(),
+        data.chelsea(),
+        data.rocket(),
+        data.stereo_motorcycle()[0],
+        data.hubble_deep_field(),
+        data.brick(),
+        data.grass(),
+        data.gravel(),
+        datasets.load_sample_image("china.jpg"),
+        datasets.load_sample_image("flower.jpg"),
     ]
     return {
         "backgrounds": [_shrink(b) for b in backgrounds],
@@ -195,8 +203,10 @@ def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
         ph, pw = patch.shape[:2]
         for _attempt in range(20):
             x0, y0 = int(rng.integers(0, size - pw + 1)), int(rng.integers(0, size - ph + 1))
-            if all(x0 >= bx1 + 2 or bx0 >= x0 + pw + 2 or y0 >= by1 + 2 or by0 >= y0 + ph + 2
-                   for _, bx0, by0, bx1, by1 in boxes):
+            if all(
+                x0 >= bx1 + 2 or bx0 >= x0 + pw + 2 or y0 >= by1 + 2 or by0 >= y0 + ph + 2
+                for _, bx0, by0, bx1, by1 in boxes
+            ):
                 region = img[y0 : y0 + ph, x0 : x0 + pw]
                 region[patch[..., 3] > 0] = patch[..., :3][patch[..., 3] > 0]
                 boxes.append((cls, x0, y0, x0 + pw, y0 + ph))
@@ -212,8 +222,10 @@ def _write_split_chunk(args: tuple[str, int, str, int, range]) -> list[list[Box]
         Image.fromarray(img).save(os.path.join(out, "images", split, f"{i:06d}.jpg"), quality=90)
         with open(os.path.join(out, "labels", split, f"{i:06d}.txt"), "w", encoding="utf-8") as f:
             for cls, x0, y0, x1, y1 in boxes:
-                f.write(f"{cls} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} "
-                        f"{(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}\n")
+                f.write(
+                    f"{cls} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} "
+                    f"{(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}\n"
+                )
         all_boxes.append(boxes)
     return all_boxes
 
@@ -223,23 +235,32 @@ def _coco_json(boxes_per_image: list, size: int) -> dict:
     for i, boxes in enumerate(boxes_per_image):
         images.append({"id": i, "file_name": f"{i:06d}.jpg", "width": size, "height": size})
         for cls, x0, y0, x1, y1 in boxes:
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": i, "category_id": cls + 1, "iscrowd": 0,
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i,
+                    "category_id": cls + 1,
+                    "iscrowd": 0,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                }
+            )
     categories = [{"id": k + 1, "name": name, "supercategory": "demo"} for k, name in enumerate(CLASSES)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def generate_demo(out: str, train: int = 2000, val: int = 500, img: int = 320, seed: int = 0,
-                  workers: int | None = None) -> str:
+def generate_demo(
+    out: str, train: int = 2000, val: int = 500, img: int = 320, seed: int = 0, workers: int | None = None
+) -> str:
     """Write the demo dataset to ``out`` (built in a temporary sibling folder, then renamed) -> data.yaml path.
 
     If ``out`` already holds a complete dataset (another process won the race) it is kept.
     """
     if train < 0 or val < 1 or img < 2 * MIN_OBJECT + 4:
-        raise ConfigError(f"demo dataset: need train >= 0, val >= 1 and img >= {2 * MIN_OBJECT + 4} "
-                          f"(got train={train}, val={val}, img={img})")
+        raise ConfigError(
+            f"demo dataset: need train >= 0, val >= 1 and img >= {2 * MIN_OBJECT + 4} "
+            f"(got train={train}, val={val}, img={img})"
+        )
     out = os.path.abspath(os.path.expanduser(out))
     if os.path.exists(out) and os.listdir(out):
         if os.path.isfile(os.path.join(out, "data.yaml")):
@@ -268,7 +289,11 @@ def generate_demo(out: str, train: int = 2000, val: int = 500, img: int = 320, s
         with open(os.path.join(tmp, "annotations", "instances_val.json"), "w", encoding="utf-8") as f:
             json.dump(_coco_json(val_boxes, img), f)
         config = {
-            "path": out, "train": "images/train", "val": "images/val", "nc": len(CLASSES), "names": CLASSES,
+            "path": out,
+            "train": "images/train",
+            "val": "images/val",
+            "nc": len(CLASSES),
+            "names": CLASSES,
             "coco_json": "annotations/instances_val.json",
             "demo": {"train": train, "val": val, "img": img, "seed": seed, "version": FORMAT_VERSION},
         }
@@ -292,8 +317,9 @@ def demo_home() -> str:
     return os.path.join(home, "datasets")
 
 
-def ensure_demo(train: int = DEFAULTS["train"], val: int = DEFAULTS["val"], img: int = DEFAULTS["img"],
-                seed: int = DEFAULTS["seed"]) -> str:
+def ensure_demo(
+    train: int = DEFAULTS["train"], val: int = DEFAULTS["val"], img: int = DEFAULTS["img"], seed: int = DEFAULTS["seed"]
+) -> str:
     """data.yaml of the demo dataset with these parameters, generated on first use in ``demo_home()``."""
     out = os.path.join(demo_home(), f"demo-v{FORMAT_VERSION}-train{train}-val{val}-img{img}-seed{seed}")
     if os.path.isfile(os.path.join(out, "data.yaml")):
@@ -318,8 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"demo dataset: {args.train} train + {args.val} val images at {args.img} px in "
-          f"{time.perf_counter() - start:.1f} s -> {path}")
+    print(
+        f"demo dataset: {args.train} train + {args.val} val images at {args.img} px in "
+        f"{time.perf_counter() - start:.1f} s -> {path}"
+    )
     return 0
 
 

@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, UnsafePickleError
-from .safe_pickle import safe_pickle_module
-from .yolo import CONFIG_DIR, Model, bundled_configs
+from pagcp.errors import CheckpointError, ConfigError, UnsafePickleError
+from pagcp.models.safe_pickle import safe_pickle_module
+from pagcp.models.yolo import CONFIG_DIR, Model, bundled_configs
 
 FORMAT = "pagcp"
 VERSION = 1
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 def bundled_weights() -> list[str]:
@@ -59,13 +59,21 @@ def fit_widths(model: nn.Module, state_dict: dict[str, torch.Tensor], groups: di
             c_out, c_in = weight.shape[0], weight.shape[1] * g
             if (c_out, c_in, g) != (module.out_channels, module.in_channels, module.groups):
                 new = nn.Conv2d(
-                    c_in, c_out, module.kernel_size, module.stride, module.padding, module.dilation, g,
-                    bias=module.bias is not None, padding_mode=module.padding_mode,
+                    c_in,
+                    c_out,
+                    module.kernel_size,
+                    module.stride,
+                    module.padding,
+                    module.dilation,
+                    g,
+                    bias=module.bias is not None,
+                    padding_mode=module.padding_mode,
                 )
                 _set_submodule(model, name, new)
         elif isinstance(module, nn.BatchNorm2d) and weight.shape[0] != module.num_features:
-            new = nn.BatchNorm2d(weight.shape[0], module.eps, module.momentum, module.affine,
-                                 module.track_running_stats)
+            new = nn.BatchNorm2d(
+                weight.shape[0], module.eps, module.momentum, module.affine, module.track_running_stats
+            )
             _set_submodule(model, name, new)
 
 
@@ -74,8 +82,9 @@ def conv_widths(model: nn.Module) -> dict[str, list[int]]:
     return {n: [m.in_channels, m.out_channels, m.groups] for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
-def _build(cfg: dict, state_dict: dict[str, torch.Tensor], source: str, nc: int | None,
-           groups: dict[str, int] | None = None) -> Model:
+def _build(
+    cfg: dict, state_dict: dict[str, torch.Tensor], source: str, nc: int | None, groups: dict[str, int] | None = None
+) -> Model:
     file_nc = int(cfg.get("nc", -1))
     if nc is not None and nc != file_nc:
         raise CheckpointError(
@@ -183,8 +192,10 @@ def _check_meta(value: Any, key: str) -> Any:
         return {str(k): _check_meta(v, f"{key}.{k}") for k, v in value.items()}
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
         return value.item()
-    raise TypeError(f"save_model: metadata '{key}' has type {type(value).__name__}; use plain numbers, "
-                    "strings, lists, dicts or tensors")
+    raise TypeError(
+        f"save_model: metadata '{key}' has type {type(value).__name__}; use plain numbers, "
+        "strings, lists, dicts or tensors"
+    )
 
 
 def save_model(model: nn.Module, path: str | Path, **meta: Any) -> Path:

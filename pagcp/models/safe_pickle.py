@@ -16,14 +16,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UnsafePickleError
+from pagcp.errors import UnsafePickleError
 
 #: YOLOv5 classes found in official files, by their upstream module (any of these prefixes).
 _YOLO_MODULES = ("models.yolo", "models.common", "models.experimental")
 _YOLO_PREFIXES = ("", "yolov5.")
 _YOLO_CLASSES = {
-    "Model", "DetectionModel", "BaseModel", "Detect", "Conv", "C3", "Bottleneck", "SPPF", "SPP", "Focus", "Concat",
-    "BottleneckCSP", "DWConv", "Contract", "Expand", "C3TR", "C3SPP", "C3Ghost", "GhostConv", "GhostBottleneck",
+    "Model",
+    "DetectionModel",
+    "BaseModel",
+    "Detect",
+    "Conv",
+    "C3",
+    "Bottleneck",
+    "SPPF",
+    "SPP",
+    "Focus",
+    "Concat",
+    "BottleneckCSP",
+    "DWConv",
+    "Contract",
+    "Expand",
+    "C3TR",
+    "C3SPP",
+    "C3Ghost",
+    "GhostConv",
+    "GhostBottleneck",
 }
 
 #: torch.nn classes allowed by (module, name); instances get nn.Module's harmless __setstate__.
@@ -56,8 +74,17 @@ _OTHER: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
     ("torch.nn.parameter", "Parameter"): nn.Parameter,
 }
-for _dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.int64, torch.int32,
-               torch.uint8, torch.int8, torch.bool):
+for _dtype in (
+    torch.float16,
+    torch.float32,
+    torch.float64,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.uint8,
+    torch.int8,
+    torch.bool,
+):
     _OTHER[("torch", str(_dtype).split(".")[1])] = _dtype
 
 

@@ -12,8 +12,8 @@ import torch
 import yaml
 from torch import nn
 
-from ..errors import ConfigError
-from .common import C3, SPP, SPPF, Bottleneck, Concat, Conv, Focus
+from pagcp.errors import ConfigError
+from pagcp.models.blocks import C3, SPP, SPPF, Bottleneck, Concat, Conv, Focus
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

@@ -8,10 +8,10 @@ Every op takes ``backend=None|"torch"|"cpp"|"cuda"|"triton"``; see :mod:`pagcp.o
 ``None`` resolves and :func:`backends` for what this machine can run.
 """
 
-from .activation_stats import channel_activation_stats
-from .bn_act import masked_bn_act, masked_bn_act_rows
-from .dispatch import BACKENDS, backends
-from .saliency import filter_saliency
+from pagcp.ops.activation_stats import channel_activation_stats
+from pagcp.ops.bn_act import masked_bn_act, masked_bn_act_rows
+from pagcp.ops.dispatch import BACKENDS, backends
+from pagcp.ops.saliency import filter_saliency
 
 __all__ = [
     "BACKENDS",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
-from . import reference
-from .dispatch import resolve_backend
+from pagcp.errors import ConfigError
+from pagcp.ops import reference
+from pagcp.ops.dispatch import resolve_backend
 
 
 def channel_activation_stats(x: torch.Tensor, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,7 +23,7 @@ def channel_activation_stats(x: torch.Tensor, backend: str | None = None) -> tup
     if name == "torch":
         return reference.channel_activation_stats(x)
     if name == "triton":
-        from .. import kernels
+        from pagcp import kernels
 
         return kernels.channel_activation_stats(x)
     mean_abs, mean_sq = torch.ops.pagcp.channel_activation_stats(x)

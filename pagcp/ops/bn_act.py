@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
-from . import reference
-from .dispatch import resolve_backend
-from .extension import bn_act_layout
+from pagcp.errors import ConfigError
+from pagcp.ops import reference
+from pagcp.ops.dispatch import resolve_backend
+from pagcp.ops.extension import bn_act_layout
 
 ACTIVATIONS = reference.ACTIVATIONS
 
@@ -80,7 +80,7 @@ def _run(
         return reference.masked_bn_act(x, scale, shift, keep, act, expand, out)
     code = ACTIVATIONS[act]
     if name == "triton":
-        from .. import kernels
+        from pagcp import kernels
 
         if out is None:
             out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=bn_act_layout(x))

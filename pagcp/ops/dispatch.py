@@ -22,8 +22,8 @@ import warnings
 
 import torch
 
-from ..errors import BackendUnavailableError, ConfigError
-from . import extension
+from pagcp.errors import BackendUnavailableError, ConfigError
+from pagcp.ops import extension
 
 BACKENDS = ("torch", "cpp", "cuda", "triton")
 ENV_VAR = "PAGCP_BACKEND"
@@ -41,7 +41,7 @@ def _triton_import_error() -> str:
     if importlib.util.find_spec("triton") is None:
         return "the triton package is not installed (pip install 'triton>=3.6')"
     try:
-        from .. import kernels  # noqa: F401  (pagcp.kernels, installed from kernels/)
+        from pagcp import kernels  # noqa: F401  (pagcp.kernels, installed from kernels/)
     except ImportError as exc:
         return f"pagcp.kernels failed to import ({exc})"
     return ""

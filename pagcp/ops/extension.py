@@ -18,7 +18,7 @@ BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (see setup.p
 
 def _import_extension() -> tuple[ModuleType | None, str]:
     try:
-        from .. import _C
+        from pagcp import _C
     except (ImportError, OSError) as exc:  # absent, or built against another torch
         return None, f"pagcp._C is not importable ({exc}); {BUILD_HINT}"
     return _C, ""

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .extension import bn_act_layout
+from pagcp.ops.extension import bn_act_layout
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "silu": 2}
 

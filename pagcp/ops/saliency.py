@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import ConfigError
-from . import reference
-from .dispatch import resolve_backend
+from pagcp.errors import ConfigError
+from pagcp.ops import reference
+from pagcp.ops.dispatch import resolve_backend
 
 
 def _pack_keep(
@@ -87,7 +87,7 @@ def filter_saliency(
     detached = [w.detach() for w in weights]
     mean = reduce == "mean"
     if name == "triton":
-        from .. import kernels
+        from pagcp import kernels
 
         flat = kernels.filter_saliency(detached, keep, offsets, groups, p, mean)
     else:

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of YOLOv5 training (spec/yolov5.md, "Hyperparameters").
+"""Optimizer and learning-rate schedule of YOLOv5 training (its published hyper-parameters).
 
 - Three SGD (nesterov) parameter groups, named in ``param_group["name"]``: ``bn_weights`` (no weight decay),
   ``weights`` (decay ``weight_decay * batch_size * accumulate / nominal_batch``) and ``biases`` (no decay).
@@ -44,8 +44,9 @@ def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
-def build_optimizer(model: nn.Module, hyp: dict, batch_size: int, nominal_batch: int = NOMINAL_BATCH
-                    ) -> torch.optim.SGD:
+def build_optimizer(
+    model: nn.Module, hyp: dict, batch_size: int, nominal_batch: int = NOMINAL_BATCH
+) -> torch.optim.SGD:
     """SGD nesterov over the three named groups; the decay is scaled to the effective batch."""
     decay = hyp["weight_decay"] * batch_size * accumulate_steps(batch_size, nominal_batch) / nominal_batch
     groups = split_parameters(model)
@@ -74,8 +75,15 @@ class Schedule:
     Pure function of its inputs, so a resumed run sets exactly the values of an uninterrupted one.
     """
 
-    def __init__(self, hyp: dict, epochs: int, batches_per_epoch: int, batch_size: int,
-                 nominal_batch: int = NOMINAL_BATCH, warmup_min_iters: int = WARMUP_MIN_ITERS):
+    def __init__(
+        self,
+        hyp: dict,
+        epochs: int,
+        batches_per_epoch: int,
+        batch_size: int,
+        nominal_batch: int = NOMINAL_BATCH,
+        warmup_min_iters: int = WARMUP_MIN_ITERS,
+    ):
         self.hyp = hyp
         self.factor = one_cycle(hyp["lrf"], epochs)
         self.warmup = warmup_iterations(hyp, batches_per_epoch, warmup_min_iters)

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .graph import ChannelGraph, Keep, trace
-from .oracle import SubsetOracle, TaskLoss
-from .search import Search
-from .settings import PruneSettings
+from pagcp.engine.oracle import SubsetOracle, TaskLoss
+from pagcp.engine.search import Search
+from pagcp.engine.settings import PruneSettings
+from pagcp.graph import ChannelGraph, Keep, trace
 
 
 @dataclass
@@ -31,8 +31,10 @@ class PruneResult:
     def summary(self) -> str:
         rows = [f"{'unit':40s} {'before':>6s} {'after':>6s} {'ratio':>5s}  tripped  selected"]
         for d in self.decisions:
-            rows.append(f"{d['name']:40s} {d['channels_before']:6d} {d['channels_after']:6d} {d['ratio']:5.2f}  "
-                        f"{str(d['tripped_task'] or '-'):8s} {'yes' if d['selected'] else 'no'}")
+            rows.append(
+                f"{d['name']:40s} {d['channels_before']:6d} {d['channels_after']:6d} {d['ratio']:5.2f}  "
+                f"{str(d['tripped_task'] or '-'):8s} {'yes' if d['selected'] else 'no'}"
+            )
         return "\n".join(rows)
 
 
@@ -60,7 +62,7 @@ def prune(
         tasks: task names (default ``task0``...); their number must match ``loss_fn``'s output.
         img_size: the size FLOPs are counted at (default: the example input's).
         state_path: JSON file the search writes after every unit; ``resume=True`` continues it.
-        **settings: :class:`pagcp.settings.PruneSettings` fields (initial_rate, initial_thres, exp, topk, round,
+        **settings: :class:`pagcp.engine.settings.PruneSettings` fields (initial_rate, initial_thres, exp, topk, round,
             rate_slope, thres_slope, ratios, compression, saliency, compat, target_gflops, units, chunk).
     """
     batches = list(batches)

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.func import functional_call
 
-from .errors import PagcpError
-from .graph import ChannelGraph
-from .graph_split import suffix_nodes
-from .ops import masked_bn_act, masked_bn_act_rows
+from pagcp.errors import PagcpError
+from pagcp.graph import ChannelGraph
+from pagcp.graph.split import suffix_nodes
+from pagcp.ops import masked_bn_act, masked_bn_act_rows
 
 #: activation modules masked_bn_act fuses; other activations with act(0) == 0 run after an identity mask
 _FUSED_ACTS = {nn.SiLU: "silu", nn.ReLU: "relu", nn.Identity: "identity"}
@@ -181,9 +181,11 @@ class Executor:
             if step.bn is not None:
                 bn = step.bn
                 scale = (bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)) / torch.sqrt(
-                    bn.running_var + bn.eps)
+                    bn.running_var + bn.eps
+                )
                 shift = (bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)) - (
-                    bn.running_mean * scale)
+                    bn.running_mean * scale
+                )
                 bk = bn_keep if bn_keep is not None else ok
                 if bk is not None and not bool(bk.all()):
                     idx = torch.nonzero(bk).flatten().to(w.device)
@@ -401,5 +403,3 @@ def _map_tensors(value: Any, fn) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_map_tensors(v, fn) for v in value)
     return value
-
-

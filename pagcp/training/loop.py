@@ -1,8 +1,8 @@
 """Training and fine-tuning of YOLOv5 models (single process or torchrun DDP), resumable exactly.
 
-``train(model, data, settings)`` runs the YOLOv5 recipe (``pagcp.optim``, ``pagcp.ema``): SGD nesterov with
-three parameter groups, gradient accumulation to the nominal batch 64, warmup, one-cycle cosine lr, EMA of
-the weights, AMP on CUDA, validation of the EMA model every epoch, and ``last.pt`` / ``best.pt`` pagcp
+``train(model, data, settings)`` runs the YOLOv5 recipe (``pagcp.training.optim``, ``pagcp.training.ema``):
+SGD nesterov with three parameter groups, gradient accumulation to the nominal batch 64, warmup, one-cycle
+cosine lr, EMA of the weights, AMP on CUDA, validation of the EMA model every epoch, and ``last.pt`` / ``best.pt`` pagcp
 checkpoints (EMA weights; a pruned model keeps its pruned widths). ``last.pt`` also carries the training
 state under ``meta["train_state"]`` (raw weights, optimizer, EMA, RNG states, settings) until the run ends.
 
@@ -32,22 +32,35 @@ from tqdm import tqdm
 
 from pagcp.data import create_dataloader, load_data_config
 from pagcp.data.dataset import YoloDataset
-from pagcp.ema import ModelEMA, unwrap
+from pagcp.detection.evaluate import evaluate
+from pagcp.detection.loss import ComputeLoss
+from pagcp.devices import distributed_env, init_distributed, select_device
 from pagcp.errors import CheckpointError, ConfigError
 from pagcp.hyps import load_hyp
-from pagcp.losses import ComputeLoss
 from pagcp.models.checkpoint import load_checkpoint_file, save_model
-from pagcp.optim import NOMINAL_BATCH, WARMUP_MIN_ITERS, Schedule, build_optimizer
-from pagcp.run_records import ResultsLog, increment_run_dir, save_yaml
-from pagcp.val import evaluate
+from pagcp.runs import increment_run_dir, save_yaml
+from pagcp.training.ema import ModelEMA, unwrap
+from pagcp.training.optim import NOMINAL_BATCH, WARMUP_MIN_ITERS, Schedule, build_optimizer
+from pagcp.training.results import ResultsLog
 
 LOGGER = logging.getLogger(__name__)
 
 GRAD_CLIP_NORM = 10.0
 LOSS_NAMES = ("box", "obj", "cls")
 RESULT_COLUMNS = (
-    "epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
-    "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "fitness", "lr/bn_weights", "lr/weights", "lr/biases", "seconds",
+    "epoch",
+    "train/box_loss",
+    "train/obj_loss",
+    "train/cls_loss",
+    "metrics/precision",
+    "metrics/recall",
+    "metrics/mAP_0.5",
+    "metrics/mAP_0.5:0.95",
+    "fitness",
+    "lr/bn_weights",
+    "lr/weights",
+    "lr/biases",
+    "seconds",
 )
 
 
@@ -78,38 +91,6 @@ class TrainSettings:
 # ----------------------------------------------------------------------------------------------- processes
 
 
-def distributed_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from the torchrun environment; (0, 1, 0) without it."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def select_device(device: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
-    """``cpu``, ``0``, ``0,1`` or ``cuda:N`` -> a torch device (under DDP: the process's local GPU)."""
-    from .val import select_device as parse_device
-
-    text = str(device).strip().lower()
-    if text in ("cpu", ""):
-        return torch.device("cpu")
-    if world_size > 1:
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        return torch.device("cuda", local_rank)
-    return parse_device(text)
-
-
-def init_distributed(device: torch.device) -> bool:
-    """Join the torchrun process group (nccl on GPUs, gloo on CPU) unless alone or already joined.
-
-    Returns True when this call created the group (the caller then destroys it).
-    """
-    if distributed_env()[1] == 1 or dist.is_initialized():
-        return False
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return True
-
-
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     random.seed(seed)
@@ -132,8 +113,13 @@ def rng_states() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     states = {
         "python": {"version": version, "state": list(mt), "gauss": gauss},
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -145,8 +131,9 @@ def set_rng_states(states: dict[str, Any]) -> None:
     """Restore what ``rng_states`` returned."""
     py, npy = states["python"], states["numpy"]
     random.setstate((int(py["version"]), tuple(int(v) for v in py["state"]), py["gauss"]))
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached"]))
+    np.random.set_state(
+        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
+    )
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -174,8 +161,10 @@ def read_train_state(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     model = load_checkpoint_file(path)
     state = getattr(model, "meta", {}).get("train_state")
     if not state:
-        raise CheckpointError(f"--resume {path}: this checkpoint holds no training state (the run finished, or it "
-                              "was not written by pagcp.train); fine-tune it with --weights instead")
+        raise CheckpointError(
+            f"--resume {path}: this checkpoint holds no training state (the run finished, or it "
+            "was not written by pagcp.train); fine-tune it with --weights instead"
+        )
     model.load_state_dict(state["model"])
     return model, state
 
@@ -198,14 +187,20 @@ def write_half_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, **meta
 # ----------------------------------------------------------------------------------------------- the loop
 
 
-def _train_loader(dataset: YoloDataset, batch_size: int, workers: int, seed: int, rank: int, world: int
-                  ) -> tuple[DataLoader, DistributedSampler, torch.Generator]:
+def _train_loader(
+    dataset: YoloDataset, batch_size: int, workers: int, seed: int, rank: int, world: int
+) -> tuple[DataLoader, DistributedSampler, torch.Generator]:
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     generator = torch.Generator()
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-        pin_memory=torch.cuda.is_available(), collate_fn=YoloDataset.collate,
-        worker_init_fn=_seed_worker if workers else None, generator=generator,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=YoloDataset.collate,
+        worker_init_fn=_seed_worker if workers else None,
+        generator=generator,
     )
     return loader, sampler, generator
 
@@ -234,8 +229,10 @@ def _check_settings(model: nn.Module, cfg: dict, s: TrainSettings, world: int) -
         raise ConfigError(f"--batch {s.batch_size}: must be a positive multiple of the process count {world}")
     nc = int(unwrap(model).nc)
     if nc != cfg["nc"]:
-        raise ConfigError(f"--data {s.data}: has nc={cfg['nc']} classes but the model (--weights/--cfg) has "
-                          f"nc={nc}; train a model built for this data (e.g. --cfg yolov5n) or use matching data")
+        raise ConfigError(
+            f"--data {s.data}: has nc={cfg['nc']} classes but the model (--weights/--cfg) has "
+            f"nc={nc}; train a model built for this data (e.g. --cfg yolov5n) or use matching data"
+        )
     if not cfg.get("train"):
         raise ConfigError(f"--data {s.data}: no 'train' split")
     return stride
@@ -287,17 +284,42 @@ def _run(model, data, s: TrainSettings, resume_state, on_epoch_end, rank, world,
     if main:
         weights_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(save_dir / "opt.yaml", {**dataclasses.asdict(s), "hyp": hyp, "world_size": world})
-        LOGGER.info("training in %s: %s", save_dir, ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(s).items()
-                                                              if k != "hyp"))
+        LOGGER.info(
+            "training in %s: %s",
+            save_dir,
+            ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(s).items() if k != "hyp"),
+        )
 
     per_rank = s.batch_size // world
-    _, train_set = create_dataloader(cfg["train"], s.img_size, per_rank, stride, hyp, augment=True,
-                                     cache=s.cache, workers=0, seed=s.seed, nc=cfg["nc"], prefix="train: ")
+    _, train_set = create_dataloader(
+        cfg["train"],
+        s.img_size,
+        per_rank,
+        stride,
+        hyp,
+        augment=True,
+        cache=s.cache,
+        workers=0,
+        seed=s.seed,
+        nc=cfg["nc"],
+        prefix="train: ",
+    )
     loader, sampler, generator = _train_loader(train_set, per_rank, s.workers, s.seed, rank, world)
     val_loader = None
     if main and cfg.get("val"):
-        val_loader, _ = create_dataloader(cfg["val"], s.img_size, per_rank * 2, stride, hyp, rect=True, pad=0.5,
-                                          cache=s.cache, workers=s.workers, nc=cfg["nc"], prefix="val: ")
+        val_loader, _ = create_dataloader(
+            cfg["val"],
+            s.img_size,
+            per_rank * 2,
+            stride,
+            hyp,
+            rect=True,
+            pad=0.5,
+            cache=s.cache,
+            workers=s.workers,
+            nc=cfg["nc"],
+            prefix="val: ",
+        )
 
     model = unwrap(model).to(device).train()
     for p in model.parameters():
@@ -308,7 +330,8 @@ def _run(model, data, s: TrainSettings, resume_state, on_epoch_end, rank, world,
         if s.sync_bn and device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         train_model: nn.Module = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     else:
         train_model = model
     ema = ModelEMA(model, decay=s.ema_decay)
@@ -331,8 +354,14 @@ def _run(model, data, s: TrainSettings, resume_state, on_epoch_end, rank, world,
     log = ResultsLog(save_dir, RESULT_COLUMNS)
     if main:
         log.truncate(start_epoch)
-        LOGGER.info("%d batches of %d per epoch and process, accumulate %d, warmup %d iterations, %d process(es)",
-                    nb, per_rank, schedule.accumulate, schedule.warmup, world)
+        LOGGER.info(
+            "%d batches of %d per epoch and process, accumulate %d, warmup %d iterations, %d process(es)",
+            nb,
+            per_rank,
+            schedule.accumulate,
+            schedule.warmup,
+            world,
+        )
     last, best = weights_dir / "last.pt", weights_dir / "best.pt"
     metrics: dict[str, float] = {}
     epoch = start_epoch - 1
@@ -373,37 +402,69 @@ def _run(model, data, s: TrainSettings, resume_state, on_epoch_end, rank, world,
             if main:
                 bar.set_postfix({n: f"{v:.4f}" for n, v in zip(LOSS_NAMES, mean_loss.tolist())}, refresh=False)
                 if log_every and (i + 1) % log_every == 0:
-                    LOGGER.info("epoch %d/%d batch %d/%d: loss box %.4f obj %.4f cls %.4f (%.0fs)", epoch + 1,
-                                s.epochs, i + 1, nb, *mean_loss.tolist(), time.time() - epoch_start)
+                    LOGGER.info(
+                        "epoch %d/%d batch %d/%d: loss box %.4f obj %.4f cls %.4f (%.0fs)",
+                        epoch + 1,
+                        s.epochs,
+                        i + 1,
+                        nb,
+                        *mean_loss.tolist(),
+                        time.time() - epoch_start,
+                    )
         bar.close()
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
         stop = False
         if main:
             metrics = _validate(ema.module, val_loader, amp)
             fitness = metrics.get("fitness", 0.0)
-            row = {"epoch": epoch, **{f"train/{n}_loss": v for n, v in zip(LOSS_NAMES, mean_loss.tolist())},
-                   "metrics/precision": metrics.get("precision", 0.0), "metrics/recall": metrics.get("recall", 0.0),
-                   "metrics/mAP_0.5": metrics.get("map50", 0.0), "metrics/mAP_0.5:0.95": metrics.get("map50_95", 0.0),
-                   "fitness": fitness, **{f"lr/{k}": v for k, v in lrs.items()},
-                   "seconds": time.time() - epoch_start}
+            row = {
+                "epoch": epoch,
+                **{f"train/{n}_loss": v for n, v in zip(LOSS_NAMES, mean_loss.tolist())},
+                "metrics/precision": metrics.get("precision", 0.0),
+                "metrics/recall": metrics.get("recall", 0.0),
+                "metrics/mAP_0.5": metrics.get("map50", 0.0),
+                "metrics/mAP_0.5:0.95": metrics.get("map50_95", 0.0),
+                "fitness": fitness,
+                **{f"lr/{k}": v for k, v in lrs.items()},
+                "seconds": time.time() - epoch_start,
+            }
             log.append(row)
             improved = fitness > best_fitness or not metrics  # without a val split best.pt follows last.pt
             best_fitness = max(best_fitness, fitness)
-            epoch_meta = {"epoch": epoch, "epochs": s.epochs, "fitness": fitness, "best_fitness": best_fitness,
-                          "metrics": metrics, "settings": dataclasses.asdict(s), "hyp": hyp}
+            epoch_meta = {
+                "epoch": epoch,
+                "epochs": s.epochs,
+                "fitness": fitness,
+                "best_fitness": best_fitness,
+                "metrics": metrics,
+                "settings": dataclasses.asdict(s),
+                "hyp": hyp,
+            }
             state = {
                 "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "ema": ema.state(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "best_fitness": best_fitness, "rng": rng_states(),
-                "settings": dataclasses.asdict(s), "hyp": hyp,
+                "optimizer": optimizer.state_dict(),
+                "ema": ema.state(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "best_fitness": best_fitness,
+                "rng": rng_states(),
+                "settings": dataclasses.asdict(s),
+                "hyp": hyp,
             }
             save_model(ema.module, last, **epoch_meta, train_state=state)
             if improved:
                 save_model(ema.module, best, **epoch_meta)
-            LOGGER.info("epoch %d/%d: loss box %.4f obj %.4f cls %.4f | P %.3f R %.3f mAP50 %.4f mAP50-95 %.4f | %.0fs",
-                        epoch + 1, s.epochs, *mean_loss.tolist(), metrics.get("precision", 0.0),
-                        metrics.get("recall", 0.0), metrics.get("map50", 0.0), metrics.get("map50_95", 0.0),
-                        row["seconds"])
+            LOGGER.info(
+                "epoch %d/%d: loss box %.4f obj %.4f cls %.4f | P %.3f R %.3f mAP50 %.4f mAP50-95 %.4f | %.0fs",
+                epoch + 1,
+                s.epochs,
+                *mean_loss.tolist(),
+                metrics.get("precision", 0.0),
+                metrics.get("recall", 0.0),
+                metrics.get("map50", 0.0),
+                metrics.get("map50_95", 0.0),
+                row["seconds"],
+            )
         if on_epoch_end is not None:
             stop = bool(on_epoch_end(epoch, dict(metrics)))
         if world > 1:
@@ -424,11 +485,16 @@ def _run(model, data, s: TrainSettings, resume_state, on_epoch_end, rank, world,
     if world > 1:
         dist.barrier()
     return {
-        "epochs": epoch + 1, "finished": finished, "best_fitness": best_fitness,
-        "map50": metrics.get("map50", float("nan")), "map50_95": metrics.get("map50_95", float("nan")),
-        "precision": metrics.get("precision", float("nan")), "recall": metrics.get("recall", float("nan")),
-        "seconds": round(time.time() - start_time, 1), "save_dir": str(save_dir),
-        "last": str(last), "best": str(best) if best.exists() else None, "model": ema.module.eval(),
+        "epochs": epoch + 1,
+        "finished": finished,
+        "best_fitness": best_fitness,
+        "map50": metrics.get("map50", float("nan")),
+        "map50_95": metrics.get("map50_95", float("nan")),
+        "precision": metrics.get("precision", float("nan")),
+        "recall": metrics.get("recall", float("nan")),
+        "seconds": round(time.time() - start_time, 1),
+        "save_dir": str(save_dir),
+        "last": str(last),
+        "best": str(best) if best.exists() else None,
+        "model": ema.module.eval(),
     }
-
-

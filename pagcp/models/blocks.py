@@ -1,4 +1,4 @@
-"""YOLOv5 building blocks, written from spec/yolov5.md (module names and attributes match upstream)."""
+"""YOLOv5 building blocks (module names and attributes match upstream)."""
 
 from __future__ import annotations
 
@@ -96,9 +96,7 @@ class Focus(nn.Module):
         self.conv = Conv(c1 * 4, c2, k, s, p, g, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(
-            torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
-        )
+        return self.conv(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1))
 
 
 class Concat(nn.Module):

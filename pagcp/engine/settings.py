@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from pagcp.errors import ConfigError
 
 #: The reference's 19 candidate ratios, fractions of a unit's current width.
 RATIOS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
@@ -16,7 +16,7 @@ COMPAT_MODES = ("default", "reference")
 
 @dataclass
 class PruneSettings:
-    """The decision rule's parameters (spec/pagcp.md). Defaults are the paper's README command."""
+    """The decision rule's parameters (docs/algorithm.md). Defaults are the paper's README command."""
 
     initial_rate: float = 0.06
     initial_thres: float = 6.0

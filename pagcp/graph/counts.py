@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .graph_channels import ModuleChannels
-from .graph_shapes import ConvCall
+from pagcp.graph.channels import ModuleChannels
+from pagcp.graph.shapes import ConvCall
 
 _CONV, _DEPTHWISE, _FIXED = 0, 1, 2
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from .graph_units import Unit
+from pagcp.graph.units import Unit
 
 
 @dataclass

@@ -1,9 +1,9 @@
-"""The PAGCP greedy search (spec/pagcp.md, "Algorithm"): units one after another, each pruned as far as
+"""The PAGCP greedy search (docs/algorithm.md): units one after another, each pruned as far as
 the performance-aware oracle allows, then topk selection; resumable after every unit.
 
 The search talks to an *oracle* (see :class:`Oracle`): per-task loss sums of the network under given
 keep-masks, and the candidates of one unit evaluated in ascending ratio order up to the first one that
-breaks its per-task bound. :mod:`pagcp.oracle` computes these fast; :mod:`pagcp.naive` is the
+breaks its per-task bound. :mod:`pagcp.engine.oracle` computes these fast; :mod:`pagcp.engine.naive` is the
 straightforward ground truth of the same rule.
 """
 
@@ -12,65 +12,24 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from .errors import ConfigError, PagcpError
-from .graph import ChannelGraph, Keep
-from .saliency import select_keep, unit_scores
-from .settings import PruneSettings
+from pagcp.engine.oracle import Oracle
+from pagcp.engine.rule import scope_units, solve_lambda
+from pagcp.engine.saliency import select_keep, unit_scores
+from pagcp.engine.settings import PruneSettings
+from pagcp.errors import PagcpError
+from pagcp.graph import ChannelGraph, Keep, keep_from_pruned, keep_to_pruned
+from pagcp.runs import write_json_atomic
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
-
-
-@dataclass
-class Evaluation:
-    """Per-task losses of one candidate; ``complete`` is False when it was rejected part-way."""
-
-    losses: torch.Tensor
-    complete: bool = True
-
-
-class Oracle(Protocol):
-    tasks: list[str]
-    evaluations: int
-
-    def losses(self, keep: Keep) -> torch.Tensor:
-        """Per-task loss sums (float64) of the network pruned by ``keep``."""
-
-    def evaluate(
-        self, keep: Keep, unit: str, candidates: Sequence[torch.Tensor], bound: torch.Tensor
-    ) -> list[Evaluation]:
-        """Candidates (keep-masks of ``unit``, others as in ``keep``) in order, stopping after the first whose
-        losses exceed ``bound`` in any task (that one may be incomplete)."""
-
-
-def solve_lambda(rate: float, bound: float, n_units: int) -> float:
-    """λ with ∏_{i<L} (1 + rate·λ^i) = bound (bisection; the product grows with λ)."""
-    if n_units <= 0:
-        return 1.0
-
-    def product(lam: float) -> float:
-        return math.exp(sum(math.log1p(rate * lam**i) for i in range(n_units)))
-
-    if product(0.0) > bound:  # 1 + rate alone exceeds the bound
-        raise ConfigError(f"--initial-thres {bound} is below 1 + initial rate ({1 + rate}): no λ satisfies the bound")
-    lo, hi = 0.0, 1.0
-    while product(hi) < bound:
-        hi *= 2
-        if hi > 1e6:
-            raise ConfigError(f"no λ reaches the bound {bound} with rate {rate} over {n_units} units")
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if product(mid) < bound else (lo, mid)
-    return (lo + hi) / 2
 
 
 @dataclass
@@ -117,40 +76,8 @@ class SearchState:
     version: int = STATE_VERSION
 
 
-def keep_to_pruned(keep: Keep) -> dict[str, list[int]]:
-    return {name: torch.nonzero(~mask).flatten().tolist() for name, mask in keep.items() if not bool(mask.all())}
-
-
 def pruned_to_keep(graph: ChannelGraph, pruned: dict[str, list[int]]) -> Keep:
-    keep = graph.full_keep()
-    for name, idx in pruned.items():
-        keep[name][torch.tensor(idx, dtype=torch.long)] = False
-    return keep
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def scope_units(graph: ChannelGraph, settings: PruneSettings) -> list[str]:
-    """Units the search may prune: explicit names, else all (global) or layers < backbone_layers (backbone)."""
-    if settings.units is not None:
-        for name in settings.units:
-            graph[name]  # raises naming the unknown unit
-        return list(settings.units)
-    names = []
-    for unit in graph.units:
-        if unit.size < 2:
-            continue
-        if settings.compression == "backbone":
-            parts = unit.members[0].split(".")
-            layer = int(parts[1]) if len(parts) > 1 and parts[0] == "model" and parts[1].isdigit() else None
-            if layer is None or layer >= settings.backbone_layers:
-                continue
-        names.append(unit.name)
-    return names
+    return keep_from_pruned(graph.full_keep(), pruned)
 
 
 class Search:
@@ -189,11 +116,15 @@ class Search:
             raise PagcpError(f"{self.state_path}: state version {data.get('version')} is not {STATE_VERSION}")
         if data["settings"] != self.settings.to_dict():
             diff = sorted(k for k in data["settings"] if data["settings"][k] != self.settings.to_dict().get(k))
-            raise PagcpError(f"{self.state_path}: the saved search used other settings ({', '.join(diff)}); "
-                             "resume with the same flags or start a new run")
+            raise PagcpError(
+                f"{self.state_path}: the saved search used other settings ({', '.join(diff)}); "
+                "resume with the same flags or start a new run"
+            )
         if data["fingerprint"] != self.fingerprint:
-            raise PagcpError(f"{self.state_path}: the saved search ran on another model or data "
-                             f"({data['fingerprint']} vs {self.fingerprint})")
+            raise PagcpError(
+                f"{self.state_path}: the saved search ran on another model or data "
+                f"({data['fingerprint']} vs {self.fingerprint})"
+            )
         self.state = SearchState(**data)
         return self.state
 
@@ -280,9 +211,16 @@ class Search:
                 accepted, accepted_losses = i, losses
             all_passed = tripped is None
             decision = UnitDecision(
-                name=name, channels_before=width, channels_after=width, ratio=0.0, tripped_task=tripped,
-                losses_start=current.tolist(), losses_accepted=None, flops_removed=0,
-                evaluations=self.oracle.evaluations - evals_before, round=st.round,
+                name=name,
+                channels_before=width,
+                channels_after=width,
+                ratio=0.0,
+                tripped_task=tripped,
+                losses_start=current.tolist(),
+                losses_accepted=None,
+                flops_removed=0,
+                evaluations=self.oracle.evaluations - evals_before,
+                round=st.round,
             )
             if accepted is not None:
                 flops_now = self.graph.flops(keep, self.img_size)
@@ -314,9 +252,16 @@ class Search:
             st.seconds += time.perf_counter() - t0
             self.save()
             if self.progress is not None:
-                self.progress({"unit": name, "position": st.position, "total": len(st.order), "ratio": decision.ratio,
-                               "gflops": self.graph.flops(pruned_to_keep(self.graph, st.keep), self.img_size) / 1e9,
-                               "tripped": tripped})
+                self.progress(
+                    {
+                        "unit": name,
+                        "position": st.position,
+                        "total": len(st.order),
+                        "ratio": decision.ratio,
+                        "gflops": self.graph.flops(pruned_to_keep(self.graph, st.keep), self.img_size) / 1e9,
+                        "tripped": tripped,
+                    }
+                )
 
     def _finish_round(self) -> Keep:
         """topk selection, then the round's final masks (saliency recomputed progressively)."""
@@ -339,10 +284,16 @@ class Search:
                 d.channels_after = d.channels_before
         st.decisions = [d.to_dict() for d in decisions]
         st.keep = keep_to_pruned(keep)
-        st.history.append({
-            "round": st.round, "lambda": st.lam, "order": list(st.order), "decisions": st.decisions,
-            "gflops": self.graph.flops(keep, self.img_size) / 1e9, "evaluations": self.oracle.evaluations,
-        })
+        st.history.append(
+            {
+                "round": st.round,
+                "lambda": st.lam,
+                "order": list(st.order),
+                "decisions": st.decisions,
+                "gflops": self.graph.flops(keep, self.img_size) / 1e9,
+                "evaluations": self.oracle.evaluations,
+            }
+        )
         return keep
 
     def _another_round(self, keep: Keep) -> bool:
@@ -354,8 +305,12 @@ class Search:
             return False
         rounds_done = st.round - s.round + 1
         if rounds_done >= s.max_rounds or not any(d["selected"] for d in st.decisions):
-            log.warning("target %.3f x GFLOPs not reached after %d round(s): %.3f x", s.target_gflops, rounds_done,
-                        flops / self.flops_original)
+            log.warning(
+                "target %.3f x GFLOPs not reached after %d round(s): %.3f x",
+                s.target_gflops,
+                rounds_done,
+                flops / self.flops_original,
+            )
             return False
         st.round += 1
         st.order, st.position, st.decisions = [], 0, []

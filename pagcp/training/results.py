@@ -1,34 +1,13 @@
-"""Run folders and per-epoch records: ``runs/<task>/expN``, the resolved settings, results.csv and its plot."""
+"""The per-epoch record of a training run: ``results.csv`` (appended, so a resumed run continues it) and
+``results.png``."""
 
 from __future__ import annotations
 
 import csv
-import logging
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import yaml
-
-LOGGER = logging.getLogger(__name__)
-
-
-def increment_run_dir(project: str | os.PathLike, name: str = "exp", exist_ok: bool = False) -> Path:
-    """``project/name`` if it is free (or ``exist_ok``), else ``project/name2``, ``name3``, ... (YOLOv5-like)."""
-    base = Path(project) / name
-    if exist_ok or not base.exists():
-        return base
-    pattern = re.compile(rf"^{re.escape(name)}(\d+)$")
-    taken = [int(m.group(1)) for p in Path(project).iterdir() if (m := pattern.match(p.name))]
-    return Path(project) / f"{name}{max(taken, default=1) + 1}"
-
-
-def save_yaml(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Write a dict as a human-readable yaml file (keys in insertion order)."""
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
 
 
 class ResultsLog:
@@ -63,8 +42,9 @@ class ResultsLog:
         if not self.csv.exists():
             return []
         with open(self.csv, newline="", encoding="utf-8") as f:
-            return [{k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()}
-                    for r in csv.DictReader(f)]
+            return [
+                {k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()} for r in csv.DictReader(f)
+            ]
 
     def plot(self) -> None:
         """One small panel per column against the epoch, written to ``results.png`` (matplotlib, Agg)."""
@@ -85,7 +65,7 @@ class ResultsLog:
             ax.plot(epochs, [r[key] for r in rows], marker=".", linewidth=1.5)
             ax.set_title(key, fontsize=9)
             ax.set_xlabel("epoch", fontsize=8)
-        for ax in axes.ravel()[len(keys):]:
+        for ax in axes.ravel()[len(keys) :]:
             ax.axis("off")
         fig.savefig(self.png, dpi=100)
         plt.close(fig)

@@ -1,7 +1,7 @@
 """The YOLOv5 detection loss, returned with its three task components (box, objectness, classification).
 
 PAGCP measures every task's loss separately, so ``ComputeLoss.__call__`` returns the detached components
-beside the total. Facts (spec/yolov5.md, "Loss"): targets are matched to anchors whose shape ratio is below
+beside the total. YOLOv5's rules: targets are matched to anchors whose shape ratio is below
 ``anchor_t``, each match also claims up to two neighbouring cells, boxes are scored by CIoU, objectness
 targets are the detached IoU, and the hyp gains are scaled by the number of levels, classes and image size.
 """
@@ -31,9 +31,7 @@ def bbox_ciou(box1: Tensor, box2: Tensor, eps: float = 1e-7) -> Tensor:
     (x1, y1, w1, h1), (x2, y2, w2, h2) = box1.unbind(-1), box2.unbind(-1)
     ax1, ax2, ay1, ay2 = x1 - w1 / 2, x1 + w1 / 2, y1 - h1 / 2, y1 + h1 / 2
     bx1, bx2, by1, by2 = x2 - w2 / 2, x2 + w2 / 2, y2 - h2 / 2, y2 + h2 / 2
-    inter = (torch.min(ax2, bx2) - torch.max(ax1, bx1)).clamp(0) * (
-        torch.min(ay2, by2) - torch.max(ay1, by1)
-    ).clamp(0)
+    inter = (torch.min(ax2, bx2) - torch.max(ax1, bx1)).clamp(0) * (torch.min(ay2, by2) - torch.max(ay1, by1)).clamp(0)
     union = w1 * h1 + w2 * h2 - inter + eps
     iou = inter / union
     enclose_w = torch.max(ax2, bx2) - torch.min(ax1, bx1)
@@ -170,8 +168,7 @@ class ComputeLoss:
         # (na, nt, 7): image, class, cx, cy, w, h, anchor
         paired = torch.cat((targets[None].expand(self.na, -1, -1), anchor_idx[..., None]), 2)
         shifts = (
-            torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=device, dtype=torch.float32)
-            * NEIGHBOUR_G
+            torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=device, dtype=torch.float32) * NEIGHBOUR_G
         )
         out = []
         for level in range(self.nl):

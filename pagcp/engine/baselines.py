@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .graph import ChannelGraph, Keep
-from .saliency import select_keep, unit_scores
-from .search import scope_units
-from .settings import PruneSettings
+from pagcp.engine.rule import scope_units
+from pagcp.engine.saliency import select_keep, unit_scores
+from pagcp.engine.settings import PruneSettings
+from pagcp.graph import ChannelGraph, Keep
 
 
 def prunable_units(graph: ChannelGraph, compression: str = "global") -> list[str]:
@@ -27,8 +27,9 @@ def prunable_units(graph: ChannelGraph, compression: str = "global") -> list[str
     return scope_units(graph, PruneSettings(compression=compression))
 
 
-def uniform_keep(graph: ChannelGraph, ratio: float, units: Sequence[str],
-                 scores: dict[str, torch.Tensor] | None = None) -> Keep:
+def uniform_keep(
+    graph: ChannelGraph, ratio: float, units: Sequence[str], scores: dict[str, torch.Tensor] | None = None
+) -> Keep:
     """Prune ``int(ratio * width)`` lowest-L1 channels of every unit (at least one channel stays)."""
     scores = scores if scores is not None else unit_scores(graph, None, units, "l1")
     keep = graph.full_keep()
@@ -43,8 +44,13 @@ def random_orders(graph: ChannelGraph, units: Sequence[str], seed: int = 0) -> d
     return {name: torch.randperm(graph[name].size, generator=g) for name in units}
 
 
-def random_keep(graph: ChannelGraph, ratio: float, units: Sequence[str], seed: int = 0,
-                orders: dict[str, torch.Tensor] | None = None) -> Keep:
+def random_keep(
+    graph: ChannelGraph,
+    ratio: float,
+    units: Sequence[str],
+    seed: int = 0,
+    orders: dict[str, torch.Tensor] | None = None,
+) -> Keep:
     """Prune ``int(ratio * width)`` randomly chosen channels of every unit (seeded; nested in ``ratio``)."""
     orders = orders if orders is not None else random_orders(graph, units, seed)
     keep = graph.full_keep()
@@ -82,8 +88,15 @@ def global_magnitude_keep(graph: ChannelGraph, n_pruned: int, ranking: Sequence[
     return keep
 
 
-def match_flops(build: Callable[[float], Keep], flops_of: Callable[[Keep], int], target: float,
-                low: float, high: float, integer: bool = False, steps: int = 40) -> tuple[float, Keep]:
+def match_flops(
+    build: Callable[[float], Keep],
+    flops_of: Callable[[Keep], int],
+    target: float,
+    low: float,
+    high: float,
+    integer: bool = False,
+    steps: int = 40,
+) -> tuple[float, Keep]:
     """Bisection on a pruning amount x in [low, high] (FLOPs decreasing in x): the x whose FLOPs are closest
     to ``target``; returns (x, keep)."""
     best: tuple[float, float, Keep] | None = None
@@ -110,8 +123,14 @@ def match_flops(build: Callable[[float], Keep], flops_of: Callable[[Keep], int],
     return best[1], best[2]
 
 
-def matched_keep(graph: ChannelGraph, method: str, target_flops: float, img_size: int,
-                 units: Sequence[str] | None = None, seed: int = 0) -> tuple[float, Keep]:
+def matched_keep(
+    graph: ChannelGraph,
+    method: str,
+    target_flops: float,
+    img_size: int,
+    units: Sequence[str] | None = None,
+    seed: int = 0,
+) -> tuple[float, Keep]:
     """Keep-masks of ``method`` (uniform, random, global) with FLOPs closest to ``target_flops``; returns
     (the ratio, or the number of pruned channels for global; keep)."""
     units = list(units) if units is not None else prunable_units(graph)
@@ -127,10 +146,24 @@ def matched_keep(graph: ChannelGraph, method: str, target_flops: float, img_size
         return match_flops(lambda r: random_keep(graph, r, units, orders=orders), flops_of, target_flops, 0.0, 0.99)
     if method == "global":
         ranking = global_ranking(graph, units)
-        return match_flops(lambda n: global_magnitude_keep(graph, int(n), ranking), flops_of, target_flops,
-                           0, len(ranking), integer=True)
+        return match_flops(
+            lambda n: global_magnitude_keep(graph, int(n), ranking),
+            flops_of,
+            target_flops,
+            0,
+            len(ranking),
+            integer=True,
+        )
     raise ValueError(f"unknown baseline {method!r}: uniform, random or global")
 
 
-__all__ = ["global_magnitude_keep", "global_ranking", "match_flops", "matched_keep", "prunable_units",
-           "random_keep", "random_orders", "uniform_keep"]
+__all__ = [
+    "global_magnitude_keep",
+    "global_ranking",
+    "match_flops",
+    "matched_keep",
+    "prunable_units",
+    "random_keep",
+    "random_orders",
+    "uniform_keep",
+]

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from .graph import ChannelGraph, Keep
+    from pagcp.graph.channel_graph import ChannelGraph
+    from pagcp.graph.units import Keep
 
 
 def _param(old: nn.Parameter, value: torch.Tensor) -> nn.Parameter:

@@ -8,9 +8,23 @@ from pathlib import Path
 from typing import Any
 
 REQUIRED = (
-    "params_before", "params_after", "gflops_before", "gflops_after", "map50_before", "map50_95_before",
-    "map50_after", "map50_95_after", "map50_finetuned", "map50_95_finetuned", "img_size", "subset",
-    "evaluations", "search_seconds", "lambda", "settings", "units",
+    "params_before",
+    "params_after",
+    "gflops_before",
+    "gflops_after",
+    "map50_before",
+    "map50_95_before",
+    "map50_after",
+    "map50_95_after",
+    "map50_finetuned",
+    "map50_95_finetuned",
+    "img_size",
+    "subset",
+    "evaluations",
+    "search_seconds",
+    "lambda",
+    "settings",
+    "units",
 )
 
 
@@ -21,11 +35,15 @@ def _fmt(value: Any, spec: str) -> str:
 def summary_table(report: dict[str, Any]) -> str:
     """Params, GFLOPs, mAP50 and mAP50-95 before, after pruning and after fine-tuning."""
     rows = [
-        ("before", report["params_before"], report["gflops_before"], report["map50_before"],
-         report["map50_95_before"]),
+        ("before", report["params_before"], report["gflops_before"], report["map50_before"], report["map50_95_before"]),
         ("pruned", report["params_after"], report["gflops_after"], report["map50_after"], report["map50_95_after"]),
-        ("fine-tuned", report["params_after"], report["gflops_after"], report["map50_finetuned"],
-         report["map50_95_finetuned"]),
+        (
+            "fine-tuned",
+            report["params_after"],
+            report["gflops_after"],
+            report["map50_finetuned"],
+            report["map50_95_finetuned"],
+        ),
     ]
     lines = [f"{'model':>12s} {'params':>12s} {'GFLOPs':>8s} {'mAP50':>7s} {'mAP50-95':>9s}"]
     for name, params, gflops, m50, m5095 in rows:
@@ -36,22 +54,33 @@ def summary_table(report: dict[str, Any]) -> str:
 def units_table(units: list[dict[str, Any]]) -> str:
     lines = ["| unit | channels before | after | ratio | tripped task | selected |", "|---|---:|---:|---:|---|---|"]
     for u in units:
-        lines.append(f"| `{u['name']}` | {u['channels_before']} | {u['channels_after']} | {u['ratio']:.2f} | "
-                     f"{u['tripped_task'] or '-'} | {'yes' if u['selected'] else 'no'} |")
+        lines.append(
+            f"| `{u['name']}` | {u['channels_before']} | {u['channels_after']} | {u['ratio']:.2f} | "
+            f"{u['tripped_task'] or '-'} | {'yes' if u['selected'] else 'no'} |"
+        )
     return "\n".join(lines)
 
 
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
     s = report["settings"]
     text = [
-        "# PAGCP pruning report", "",
+        "# PAGCP pruning report",
+        "",
         f"- weights: `{report.get('weights')}`, data: `{report.get('data')}`, image size {report['img_size']}, "
         f"oracle subset {report['subset']} images",
         f"- rule: initial rate {s['initial_rate']}, initial threshold {s['initial_thres']}, exp {s['exp']}, "
         f"topk {s['topk']}, compression {s['compression']}, saliency {s['saliency']}, compat {s['compat']}, "
         f"λ = {report['lambda']:.6f}",
         f"- search: {report['evaluations']} candidate evaluations in {report['search_seconds']:.1f} s",
-        "", "```", summary_table(report), "```", "", "## Units (search order)", "", units_table(report["units"]), "",
+        "",
+        "```",
+        summary_table(report),
+        "```",
+        "",
+        "## Units (search order)",
+        "",
+        units_table(report["units"]),
+        "",
     ]
     path.write_text("\n".join(text), encoding="utf-8")
 

@@ -2,7 +2,7 @@
 
 A unit's score for channel k is the sum over its members (producer convs and depthwise convs tied to
 it) of each member's mean |w| (``l1``) or root-mean-square w (``l2``) of the filter that makes channel k,
-taken over only the input channels still alive under the current keep-masks (spec/pagcp.md, Saliency).
+taken over only the input channels still alive under the current keep-masks (docs/algorithm.md, "Saliency").
 All members of all requested units go to the kernel in one launch.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import ConfigError
-from .graph import ChannelGraph, Keep
-from .ops import filter_saliency
+from pagcp.errors import ConfigError
+from pagcp.graph import ChannelGraph, Keep
+from pagcp.ops import filter_saliency
 
 CRITERIA = ("l1", "l2")
 

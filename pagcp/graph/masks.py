@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from .graph import ChannelGraph, Keep
+    from pagcp.graph.channel_graph import ChannelGraph
+    from pagcp.graph.units import Keep
 
 
 class _Saved:

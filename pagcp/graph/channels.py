@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .graph_shapes import ShapeRecord, ShapeTree, is_torch_nn_module
+from pagcp.graph.shapes import ShapeRecord, ShapeTree, is_torch_nn_module
 
 Layout = Any  # torch.LongTensor | tuple[Layout, ...] | None
 

@@ -1,97 +1,34 @@
-"""The channel graph: trace a CNN once, find its pruning units, count FLOPs/params from keep-masks.
+"""The channel graph of a traced model: its pruning units, analytic FLOPs/params, masked execution, slicing.
 
-``graph = pagcp.trace(model, example_input)`` symbolically traces ``model`` with torch.fx (Conv2d,
-BatchNorm and activations are leaves as usual, so are the YOLOv5 Detect head and any module named in
-``leaf_modules``), propagates shapes, and discovers every channel coupling (see graph_channels).
-Pruning state is a *keep* dict: unit name -> bool tensor of the unit's size; missing units keep all.
+Built by :func:`pagcp.graph.trace.trace`: shapes are propagated (:mod:`pagcp.graph.shapes`), channel
+couplings discovered (:mod:`pagcp.graph.channels`) and grouped into pruning units (:mod:`pagcp.graph.units`).
+Pruning state is a :data:`~pagcp.graph.units.Keep`: unit name -> bool tensor of the unit's size; missing
+units keep every channel.
 
 - ``print(graph)``: each unit, its size, members and consumers (with input offsets).
 - ``graph.flops(keep, img_size)`` / ``graph.params(keep)``: analytic counts equal to
   ``pagcp.model_stats`` of ``graph.slice(keep)``.
-- ``with graph.masked(keep): model(x)``: the same model objects run as if pruned (pagcp.masks).
-- ``graph.slice(keep)``: a new, physically smaller model (pagcp.slicing).
+- ``with graph.masked(keep): model(x)``: the same model objects run as if pruned (pagcp.graph.masks).
+- ``graph.slice(keep)``: a new, physically smaller model (pagcp.graph.slicing).
 - ``graph.split_at(unit)``: prefix/suffix GraphModules for caching upstream activations (graph_split).
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
 
 import torch
 from torch import fx, nn
 
-from .errors import ConfigError, PagcpError, TraceError
-from .graph_channels import ChannelAnalysis, ModuleChannels, detect_like_consumers
-from .graph_counts import Counter
-from .graph_shapes import ConvCall, propagate_shapes
-from .graph_split import Split, split_at
-from .graph_units import Unit, build_units, display_name
-
-Keep = dict[str, torch.Tensor]
-LeafSpec = str | type
-
-
-def _default_leaf_types() -> tuple[type, ...]:
-    try:
-        from .models.yolo import Detect
-    except ImportError:  # the model zoo is optional for generic CNNs
-        return ()
-    return (Detect,)
-
-
-class _Tracer(fx.Tracer):
-    """fx tracer with extra leaves that remembers the module stack when tracing fails."""
-
-    def __init__(self, leaf_names: set[str], leaf_types: tuple[type, ...]):
-        super().__init__()
-        self.leaf_names = leaf_names
-        self.leaf_types = leaf_types
-        self.stack: list[tuple[str, str]] = []
-        self.failed_in: list[tuple[str, str]] | None = None
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
-            return True
-        if type(m).__name__ == "Detect":  # YOLOv5-style heads from other zoos
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
-
-    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
-        self.stack.append((self.path_of_module(m), type(m).__name__))
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed_in is None:
-                self.failed_in = list(self.stack)
-            raise
-        finally:
-            self.stack.pop()
-
-
-def _symbolic_trace(model: nn.Module, n_inputs: int, leaf_modules: Iterable[LeafSpec]) -> fx.GraphModule:
-    names = {spec for spec in leaf_modules if isinstance(spec, str)}
-    types = tuple(spec for spec in leaf_modules if isinstance(spec, type)) + _default_leaf_types()
-    tracer = _Tracer(names, types)
-    params = list(inspect.signature(model.forward).parameters.values())[n_inputs:]
-    concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-    try:
-        graph = tracer.trace(model, concrete_args=concrete or None)
-    except Exception as e:
-        if not tracer.failed_in:
-            raise TraceError(
-                f"torch.fx cannot trace the forward of {type(model).__name__} itself: {type(e).__name__}: {e}. "
-                "Move the untraceable code into a submodule and pass it as leaf_modules=[...]."
-            ) from e
-        name, cls = tracer.failed_in[-1]
-        raise TraceError(
-            f"torch.fx cannot trace module '{name}' ({cls}): {type(e).__name__}: {e}. "
-            f"Make it a leaf: pagcp.trace(model, x, leaf_modules=['{name}']) "
-            "(a leaf's input channels are then not prunable, unless it is a Detect-like head)."
-        ) from e
-    return fx.GraphModule(model, graph, class_name=type(model).__name__)
+from pagcp.errors import ConfigError, PagcpError
+from pagcp.graph.channels import ChannelAnalysis, ModuleChannels, detect_like_consumers
+from pagcp.graph.counts import Counter
+from pagcp.graph.masks import masked
+from pagcp.graph.shapes import ConvCall, propagate_shapes
+from pagcp.graph.slicing import slice_model
+from pagcp.graph.split import Split, split_at
+from pagcp.graph.units import Keep, Unit, build_units, display_name
 
 
 class ChannelGraph:
@@ -245,18 +182,14 @@ class ChannelGraph:
     # -- execution -----------------------------------------------------------------------------
     def masked(self, keep: Keep | None) -> AbstractContextManager[nn.Module]:
         """Context manager: inside, ``graph.model`` computes exactly what ``slice(keep)`` computes."""
-        from .masks import masked
-
         return masked(self, keep)
 
     def slice(self, keep: Keep | None) -> nn.Module:
         """A new model with the pruned channels physically removed; ``graph.model`` is untouched."""
-        from .slicing import slice_model
-
         return slice_model(self, keep)
 
     def split_at(self, unit: Unit | str) -> Split:
-        """The network cut before ``unit``'s first producer, for prefix caching (see pagcp.graph_split)."""
+        """The network cut before ``unit``'s first producer, for prefix caching (see pagcp.graph.split)."""
         unit = self[unit] if isinstance(unit, str) else unit
         if unit.name not in self._splits:
             self._splits[unit.name] = split_at(self.gm, unit)
@@ -286,20 +219,3 @@ class ChannelGraph:
 
     def __repr__(self) -> str:
         return f"ChannelGraph({type(self.model).__name__}, units={len(self.units)})"
-
-
-def trace(
-    model: nn.Module,
-    example_input: torch.Tensor | Sequence[torch.Tensor],
-    leaf_modules: Iterable[LeafSpec] = (),
-) -> ChannelGraph:
-    """Trace ``model`` once and build its channel graph.
-
-    ``example_input``: a tensor (or a sequence of positional tensors) of the shape the model will
-    run at. ``leaf_modules``: module qualified names or classes fx must not trace into (their input
-    channels become unprunable, except for Detect-like heads whose ``m[i]`` convs read input i).
-    Raises TraceError naming the module fx could not trace.
-    """
-    inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
-    gm = _symbolic_trace(model, len(inputs), tuple(leaf_modules))
-    return ChannelGraph(model, gm, inputs)

@@ -1,6 +1,6 @@
 """Detection metrics: NMS, IoU matching, per-class AP and mAP, COCO json export and pycocotools evaluation.
 
-Conventions (spec/yolov5.md, "Validation"): confidence = objectness x class score, multi-label NMS with
+Conventions (those of YOLOv5's validation): confidence = objectness x class score, multi-label NMS with
 class offsets, matching at the ten IoU thresholds 0.50:0.05:0.95 (each detection and each label used at
 most once; detections in confidence order take their best free label, as pycocotools does; YOLOv5's
 highest-IoU-first order is available), AP by 101-point interpolation of the precision envelope integrated
@@ -33,8 +33,14 @@ MAX_NMS_INPUT = 30000  # boxes passed to torchvision NMS per image at most (high
 
 # COCO's 80 training classes -> its 91 category ids
 COCO80_TO_91 = (
-    list(range(1, 12)) + list(range(13, 26)) + [27, 28] + list(range(31, 45)) + list(range(46, 66))
-    + [67, 70] + list(range(72, 83)) + list(range(84, 91))
+    list(range(1, 12))
+    + list(range(13, 26))
+    + [27, 28]
+    + list(range(31, 45))
+    + list(range(46, 66))
+    + [67, 70]
+    + list(range(72, 83))
+    + list(range(84, 91))
 )
 
 

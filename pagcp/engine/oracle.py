@@ -1,9 +1,9 @@
 """The subset oracle: per-task loss sums of the network under keep-masks, fast.
 
-- The data: a fixed, seeded subset of the validation split, prepared exactly as the validation loader
-  prepares it (letterbox, rectangular batches), decoded once and kept on the device (:func:`yolo_subset`).
+- The data: fixed batches, decoded once and kept on the device (for YOLO: a seeded subset of a split,
+  prepared exactly as the validation loader prepares it, see :mod:`pagcp.engine.yolo`).
 - Compact execution of the decided units and candidate execution of the unit under test
-  (:class:`pagcp.executor.Executor`).
+  (:class:`pagcp.engine.executor.Executor`).
 - For one unit, every activation upstream of it is computed once per batch (the prefix cache, kept across
   candidate chunks while it fits ``cache_bytes``); candidates go through the downstream part in chunks.
 - Early rejection: a candidate stops as soon as a partial per-task sum exceeds its bound, and with it every
@@ -13,17 +13,16 @@
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import fx
 
-from .errors import ConfigError
-from .executor import Executor
-from .graph import ChannelGraph, Keep
-from .search import Evaluation
+from pagcp.engine.executor import Executor
+from pagcp.errors import ConfigError
+from pagcp.graph import ChannelGraph, Keep
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,30 @@ Batch = tuple[torch.Tensor, Any]
 #: loss_fn(outputs, targets) -> 1-D tensor of per-task losses of the batch (means; the oracle sums them
 #: times the batch size, as the reference sums each batch's components times its size)
 TaskLoss = Callable[[Any, Any], torch.Tensor]
+
+
+@dataclass
+class Evaluation:
+    """Per-task losses of one candidate; ``complete`` is False when it was rejected part-way."""
+
+    losses: torch.Tensor
+    complete: bool = True
+
+
+class Oracle(Protocol):
+    """What the search asks of an oracle (:class:`SubsetOracle` here, :class:`pagcp.engine.naive.NaiveOracle`)."""
+
+    tasks: list[str]
+    evaluations: int
+
+    def losses(self, keep: Keep) -> torch.Tensor:
+        """Per-task loss sums (float64) of the network pruned by ``keep``."""
+
+    def evaluate(
+        self, keep: Keep, unit: str, candidates: Sequence[torch.Tensor], bound: torch.Tensor
+    ) -> list[Evaluation]:
+        """Candidates (keep-masks of ``unit``, others as in ``keep``) in order, stopping after the first whose
+        losses exceed ``bound`` in any task (that one may be incomplete)."""
 
 
 def _rows(value: Any) -> int:
@@ -96,8 +119,9 @@ class SubsetOracle:
         value = self.loss_fn(out, targets)
         value = torch.as_tensor(value).detach().reshape(-1).double().cpu()
         if value.numel() != len(self.tasks):
-            raise ConfigError(f"loss_fn returned {value.numel()} task losses; expected {len(self.tasks)} "
-                              f"({', '.join(self.tasks)})")
+            raise ConfigError(
+                f"loss_fn returned {value.numel()} task losses; expected {len(self.tasks)} ({', '.join(self.tasks)})"
+            )
         return value * rows
 
     def _run_candidates(self, unit: str, suffix, cached, masks: list[torch.Tensor]) -> Any:
@@ -168,46 +192,3 @@ class SubsetOracle:
                 return results
             start += len(chunk)
         return results
-
-
-def subset_indices(n_total: int, n: int | None, seed: int = 0) -> list[int]:
-    """A fixed, seeded choice of ``n`` of ``n_total`` images (all when n is None), in file order."""
-    if n is None or n >= n_total:
-        return list(range(n_total))
-    return sorted(random.Random(seed).sample(range(n_total), n))
-
-
-def yolo_subset(
-    files: Sequence[str],
-    img_size: int,
-    batch_size: int,
-    stride: int,
-    nc: int,
-    n: int | None,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    workers: int = 0,
-) -> list[Batch]:
-    """Decode a seeded subset of a YOLO split once, as the validation loader would batch it, onto ``device``."""
-    from .data import create_dataloader
-
-    if n is not None and n > len(files):
-        raise ConfigError(f"--subset {n} is larger than the split ({len(files)} images); use --subset all or <= "
-                          f"{len(files)}")
-    chosen = [files[i] for i in subset_indices(len(files), n, seed)]
-    loader, _ = create_dataloader(chosen, img_size, batch_size, stride=stride, rect=True, pad=0.5, nc=nc,
-                                  workers=workers, prefix="oracle: ")
-    batches = []
-    for imgs, targets, _paths, _shapes in loader:
-        batches.append((imgs.to(device).float() / 255, targets.to(device)))
-    return batches
-
-
-def yolo_task_loss(compute_loss) -> TaskLoss:
-    """box, obj, cls of a YOLOv5 ComputeLoss (raw outputs; an eval-mode (decoded, raw) pair works too)."""
-
-    def loss_fn(out: Any, targets: torch.Tensor) -> torch.Tensor:
-        raw = out[1] if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], list) else out
-        return compute_loss(raw, targets)[1]
-
-    return loss_fn

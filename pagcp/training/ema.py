@@ -46,8 +46,12 @@ class ModelEMA:
 
     def state(self) -> dict:
         """Everything needed to continue the average exactly (for checkpoints)."""
-        return {"state_dict": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()},
-                "updates": self.updates, "decay": self.decay, "tau": self.tau}
+        return {
+            "state_dict": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()},
+            "updates": self.updates,
+            "decay": self.decay,
+            "tau": self.tau,
+        }
 
     def load_state(self, state: dict) -> None:
         """Restore what ``state`` returned."""

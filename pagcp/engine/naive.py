@@ -2,7 +2,7 @@
 
 For every candidate it copies the model, slices the channels out physically (``graph.slice``) and runs
 the whole subset through the copy; saliency is read off the sliced copy's weights with plain PyTorch.
-It implements the decision rule of spec/pagcp.md independently of :mod:`pagcp.search`, with no prefix
+It implements the decision rule of docs/algorithm.md independently of :mod:`pagcp.engine.search`, with no prefix
 cache, no batching of candidates, no early rejection and no reuse of any evaluation.
 """
 
@@ -13,17 +13,18 @@ from typing import Any
 
 import torch
 
-from .graph import ChannelGraph, Keep
-from .oracle import Batch, TaskLoss
-from .search import scope_units, solve_lambda
-from .settings import PruneSettings
+from pagcp.engine.oracle import Batch, TaskLoss
+from pagcp.engine.rule import scope_units, solve_lambda
+from pagcp.engine.settings import PruneSettings
+from pagcp.graph import ChannelGraph, Keep
 
 
 class NaiveOracle:
     """Per-task loss sums of a physically sliced copy of the model."""
 
-    def __init__(self, graph: ChannelGraph, batches: Sequence[Batch], loss_fn: TaskLoss,
-                 train_mode_leaves: tuple[type, ...] = ()):
+    def __init__(
+        self, graph: ChannelGraph, batches: Sequence[Batch], loss_fn: TaskLoss, train_mode_leaves: tuple[type, ...] = ()
+    ):
         self.graph, self.batches, self.loss_fn = graph, list(batches), loss_fn
         self.train_mode_leaves = train_mode_leaves
         self.evaluations = 0
@@ -116,20 +117,33 @@ def naive_prune(
                 tripped = tasks[max(over, key=lambda t: float(rel[t]))]
                 break
             last, last_losses, last_mask = r, losses, mask
-        d = {"name": u, "ratio": 0.0, "tripped_task": tripped, "losses_start": current.tolist(),
-             "losses_accepted": None, "flops_removed": 0, "channels_before": int(keep[u].sum())}
+        d = {
+            "name": u,
+            "ratio": 0.0,
+            "tripped_task": tripped,
+            "losses_start": current.tolist(),
+            "losses_accepted": None,
+            "flops_removed": 0,
+            "channels_before": int(keep[u].sum()),
+        }
         if last is not None:
             if tripped is None and s.compat == "reference":  # unpruned now, pruned at 0.90 at the end
                 r90, m90, l90 = at_90
                 trial = dict(keep)
                 trial[u] = m90
-                d.update(ratio=r90, losses_accepted=l90.tolist(),
-                         flops_removed=graph.flops(keep, img_size) - graph.flops(trial, img_size))
+                d.update(
+                    ratio=r90,
+                    losses_accepted=l90.tolist(),
+                    flops_removed=graph.flops(keep, img_size) - graph.flops(trial, img_size),
+                )
             else:
                 new = dict(keep)
                 new[u] = last_mask
-                d.update(ratio=last, losses_accepted=last_losses.tolist(),
-                         flops_removed=graph.flops(keep, img_size) - graph.flops(new, img_size))
+                d.update(
+                    ratio=last,
+                    losses_accepted=last_losses.tolist(),
+                    flops_removed=graph.flops(keep, img_size) - graph.flops(new, img_size),
+                )
                 keep = new
                 thres *= lam
                 base = torch.maximum(base, last_losses)
@@ -146,10 +160,14 @@ def naive_prune(
         if d["selected"]:
             final[d["name"]] = _select(naive_scores(graph, final, d["name"], s.saliency), final[d["name"]], d["ratio"])
         d["channels_after"] = int(final[d["name"]].sum())
-    return {"keep": final, "decisions": decisions, "order": order, "lambda": lam,
-            "evaluations": oracle.evaluations, "base": base_start.tolist()}
-
-
+    return {
+        "keep": final,
+        "decisions": decisions,
+        "order": order,
+        "lambda": lam,
+        "evaluations": oracle.evaluations,
+        "base": base_start.tolist(),
+    }
 
 
 __all__ = ["NaiveOracle", "naive_prune", "naive_scores"]

@@ -1,0 +1,170 @@
+"""Command line: train or fine-tune a YOLOv5 model, ``python -m pagcp.train`` (also under torchrun for DDP).
+
+python -m pagcp.train --cfg yolov5n --data demo --epochs 30 --img 320 --batch 32 --device cpu
+python -m pagcp.train --weights runs/prune/exp/pruned.pt --data data.yaml --hyp finetune --epochs 50
+torchrun --nproc_per_node 2 -m pagcp.train --cfg yolov5s --data coco.yaml --batch 64 --device 0,1
+python -m pagcp.train --resume runs/train/exp3/weights/last.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+import torch.distributed as dist
+
+from pagcp.data import load_data_config
+from pagcp.devices import distributed_env, init_distributed, select_device
+from pagcp.errors import ConfigError, PagcpError
+from pagcp.models.checkpoint import load_model
+from pagcp.training.loop import TrainSettings, latest_run_checkpoint, read_train_state, seed_everything, train
+
+LOGGER = logging.getLogger("pagcp.train")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m pagcp.train", description="Train or fine-tune a YOLOv5 model (pagcp).")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--weights", help="initial weights: a pagcp/YOLOv5 checkpoint or a bundled name (fine-tuning)")
+    src.add_argument("--cfg", help="model config to train from scratch: a bundled name (yolov5n) or a yaml")
+    p.add_argument("--data", default="demo", help="data yaml, or 'demo' (default) / 'demo:train=N,val=M,img=S'")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--img", "--img-size", dest="img", type=int, default=640, help="train/val image size (pixels)")
+    p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16, help="total batch size")
+    p.add_argument("--device", default=None, help="cpu, 0 or 0,1 (default: cpu; under torchrun the local GPU)")
+    p.add_argument(
+        "--hyp", default=None, help="scratch (default with --cfg), finetune (default with --weights) or a yaml file"
+    )
+    p.add_argument("--workers", type=int, default=None, help="dataloader workers per process (default 2)")
+    p.add_argument("--project", default="runs/train")
+    p.add_argument("--name", default="exp")
+    p.add_argument(
+        "--exist-ok",
+        "--exist_ok",
+        dest="exist_ok",
+        action="store_true",
+        help="reuse project/name instead of incrementing",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="continue an interrupted run (its last.pt or folder; default: the latest run)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sync-bn", "--sync_bn", dest="sync_bn", action="store_true", help="SyncBatchNorm under DDP")
+    p.add_argument("--cache", action="store_true", help="keep decoded images in RAM")
+    p.add_argument("--json", action="store_true", help="print the final results as a JSON object (last line)")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.resume is None and not (args.weights or args.cfg):
+        raise ConfigError("pass --weights (fine-tune a checkpoint) or --cfg (train from scratch), or --resume")
+    if args.resume is not None and (args.weights or args.cfg):
+        raise ConfigError("--resume continues a run with its own model; do not combine it with --weights/--cfg")
+    for flag, value in (("--epochs", args.epochs), ("--img", args.img), ("--batch", args.batch)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: must be a positive integer")
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers {args.workers}: must be >= 0")
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Any, str, TrainSettings, dict | None]:
+    """Model, data spec, settings and resume state from the parsed flags."""
+    if args.resume is not None:
+        path = args.resume or latest_run_checkpoint(args.project)
+        model, state = read_train_state(path)
+        settings = TrainSettings(**state["settings"])
+        if args.device is not None:
+            settings.device = args.device
+        if args.workers is not None:
+            settings.workers = args.workers
+        return model, settings.data, settings, state
+    settings = TrainSettings(
+        epochs=args.epochs,
+        img_size=args.img,
+        batch_size=args.batch,
+        device=args.device or "cpu",
+        hyp=args.hyp or ("finetune" if args.weights else "scratch"),
+        workers=2 if args.workers is None else args.workers,
+        seed=args.seed,
+        project=args.project,
+        name=args.name,
+        exist_ok=args.exist_ok,
+        sync_bn=args.sync_bn,
+        cache=args.cache,
+        weights=args.weights or args.cfg,
+        data=args.data,
+    )
+    seed_everything(settings.seed)  # a model built from a config starts from the same weights everywhere
+    if args.weights:
+        model = load_model(args.weights)
+    else:
+        model = load_model(args.cfg, nc=load_data_config(args.data)["nc"])
+    return model, args.data, settings, None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Train as the flags say; returns the results of ``pagcp.training.loop.train`` (without the model)."""
+    _check_args(args)
+    rank, world, local_rank = distributed_env()
+    own_group = init_distributed(select_device(args.device or "cpu", local_rank, world))
+    try:
+        if world > 1 and rank != 0:
+            dist.barrier()  # rank 0 first: it may generate the demo dataset
+        model, data, settings, state = _prepare(args)
+        if world > 1 and rank == 0:
+            dist.barrier()
+        results = train(model, data, settings, resume_state=state)
+    finally:
+        if own_group and dist.is_initialized():
+            dist.destroy_process_group()
+    results.pop("model", None)
+    return results
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """A small final table of the run."""
+    rows = [
+        ("epochs", results["epochs"]),
+        ("best fitness", f"{results['best_fitness']:.4f}"),
+        ("mAP50", f"{results['map50']:.4f}"),
+        ("mAP50-95", f"{results['map50_95']:.4f}"),
+        ("precision", f"{results['precision']:.4f}"),
+        ("recall", f"{results['recall']:.4f}"),
+        ("seconds", results["seconds"]),
+        ("last", results["last"]),
+        ("best", results["best"]),
+    ]
+    return "\n".join(f"{k:<14}{v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank = distributed_env()[0]
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    try:
+        results = run(args)
+    except PagcpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        print(format_results(results))
+        if args.json:
+            print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Devices and processes: the ``--device`` flag, the torchrun environment and its process group."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from pagcp.errors import ConfigError
+
+
+def select_device(device: str | torch.device | None, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """``''``/None/``auto`` (CUDA when available), ``cpu``, ``0``, ``0,1`` (first) or ``cuda:N`` -> a device.
+
+    Under DDP (``world_size > 1``) any CUDA choice means this process's local GPU, ``cuda:local_rank``.
+    Raises ConfigError naming ``--device`` when the device does not exist here.
+    """
+    if isinstance(device, torch.device):
+        return device
+    text = str(device or "").strip().lower()
+    if text in ("", "auto"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+    if world_size > 1:
+        return torch.device("cuda", local_rank)
+    index = text.removeprefix("cuda").lstrip(":").split(",")[0] or "0"
+    if not index.isdigit():
+        raise ConfigError(f"--device {device!r}: expected cpu, a CUDA index such as 0, or cuda:0")
+    if int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return torch.device(f"cuda:{index}")
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the torchrun environment; (0, 1, 0) without it."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join the torchrun process group (nccl on GPUs, gloo on CPU) unless alone or already joined.
+
+    Returns True when this call created the group (the caller then destroys it).
+    """
+    if distributed_env()[1] == 1 or dist.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
