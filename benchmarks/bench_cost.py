@@ -35,31 +35,24 @@ import torch  # noqa: E402
 
 from pagcp.engine.baselines import prunable_units  # noqa: E402
 from pagcp.data import image_files, load_data_config  # noqa: E402
-from pagcp.detection.loss import ComputeLoss  # noqa: E402
-from pagcp.models.yolo import Detect  # noqa: E402
-from pagcp.engine.naive import NaiveOracle  # noqa: E402
-from pagcp.engine.oracle import SubsetOracle  # noqa: E402
-from pagcp.engine.yolo import yolo_subset, yolo_task_loss  # noqa: E402
+from pagcp.engine.yolo import yolo_problem  # noqa: E402
 from pagcp.engine.saliency import select_keep, unit_scores  # noqa: E402
-
-TASKS = ["box", "obj", "cls"]
 
 
 def measure(name: str, img: int, files: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Engine and naive seconds per candidate and per-image forward time of one model at one size."""
     model = pagcp.load_model(name, nc=80)
-    batches = yolo_subset(files, img, args.images, 32, 80, args.images, 0)
-    graph = pagcp.trace(model, torch.zeros(1, 3, img, img))
-    loss_fn = yolo_task_loss(ComputeLoss(model, img_size=img))
+    problem = yolo_problem(model, files, img, args.images, args.images, 0, cache_targets=False)
+    graph = pagcp.trace(model, problem.example_input())
     units = prunable_units(graph)
     step = len(units) / args.units
     sample = [units[int(step * (i + 0.5))] for i in range(args.units)]
     ratios = [float(r) for r in args.ratios.split(",")]
     keep = graph.full_keep()
     scores = unit_scores(graph, keep, sample, "l1")
-    engine = SubsetOracle(graph, batches, loss_fn, TASKS, train_mode_leaves=(Detect,))
-    naive = NaiveOracle(graph, batches, loss_fn, train_mode_leaves=(Detect,))
-    bound = torch.full((len(TASKS),), float("inf"), dtype=torch.float64)
+    engine = problem.oracle(graph)
+    naive = problem.naive_oracle(graph)
+    bound = torch.full((len(problem.tasks),), float("inf"), dtype=torch.float64)
     engine.losses(keep)  # warm-up (allocator, kernels)
     engine_s, naive_s = [], []
     for unit in sample:
@@ -68,12 +61,11 @@ def measure(name: str, img: int, files: list[str], args: argparse.Namespace) -> 
         engine.evaluate(keep, unit, masks, bound)
         engine_s.append((time.perf_counter() - t0) / len(masks))
         for m in masks:
-            trial = dict(keep)
-            trial[unit] = m
+            trial = keep.replace(unit, m)
             t0 = time.perf_counter()
             naive.losses(trial)
             naive_s.append(time.perf_counter() - t0)
-    x = torch.cat([b[0] for b in batches])
+    x = torch.cat([b[0] for b in problem.batches])
     forward = []
     with torch.inference_mode():
         model.eval()(x[:1])

@@ -42,16 +42,13 @@ from torch import nn  # noqa: E402
 
 from pagcp.engine.baselines import matched_keep, prunable_units  # noqa: E402
 from pagcp.data import image_files, load_data_config  # noqa: E402
-from pagcp.detection.loss import ComputeLoss  # noqa: E402
-from pagcp.models.yolo import Detect  # noqa: E402
-from pagcp.engine.oracle import SubsetOracle  # noqa: E402
-from pagcp.engine.yolo import yolo_subset, yolo_task_loss  # noqa: E402
-from pagcp.engine.search import Search, pruned_to_keep  # noqa: E402
+from pagcp.engine.yolo import YoloProblem, yolo_problem  # noqa: E402
+from pagcp.engine.search import Search  # noqa: E402
 from pagcp.engine.settings import PruneSettings  # noqa: E402
+from pagcp.graph import Keep  # noqa: E402
 from pagcp.training.loop import TrainSettings, train  # noqa: E402
 from pagcp.detection.evaluate import evaluate  # noqa: E402
 
-TASKS = ["box", "obj", "cls"]
 METHODS = ("pagcp", "uniform", "tp-global", "random")
 
 
@@ -105,22 +102,22 @@ class _RecordingSearch(Search):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.round_keeps: list[dict] = []
+        self.round_keeps: list[Keep] = []
 
-    def _finish_round(self) -> dict:
+    def _finish_round(self) -> Keep:
         keep = super()._finish_round()
-        self.round_keeps.append({k: v.clone() for k, v in keep.items()})
+        self.round_keeps.append(keep.copy())
         return keep
 
 
-def pagcp_keeps(graph, batches, loss_fn, levels: list[str], img: int) -> dict[str, tuple[dict, dict[str, Any]]]:
+def pagcp_keeps(graph, problem: YoloProblem, levels: list[str], img: int) -> dict[str, tuple[Keep, dict[str, Any]]]:
     """PAGCP keep-masks of every level: 'default' (one round) and target fractions (rounds until under each)."""
-    out: dict[str, tuple[dict, dict[str, Any]]] = {}
+    out: dict[str, tuple[Keep, dict[str, Any]]] = {}
     targets = sorted((float(v) for v in levels if v != "default"), reverse=True)
     runs = (["default"] if "default" in levels else []) + ([min(targets)] if targets else [])
     for run in runs:
         settings = PruneSettings() if run == "default" else PruneSettings(target_gflops=run)
-        oracle = SubsetOracle(graph, batches, loss_fn, TASKS, train_mode_leaves=(Detect,))
+        oracle = problem.oracle(graph)
         search = _RecordingSearch(graph, oracle, settings, img)
         t0 = time.perf_counter()
         search.run()
@@ -174,7 +171,7 @@ def train_data(cfg: dict, n_train: int, n_val: int, seed: int) -> dict:
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--weights", default="yolov5n-demo")
     p.add_argument("--data", default="demo")
@@ -199,112 +196,108 @@ def main() -> None:
         help="only merge earlier runs' --json outputs (their last line) into one table and plot",
     )
     p.add_argument("--json", action="store_true")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def summarize_logs(args: argparse.Namespace) -> None:
+    """One table (and plot) from the --json outputs of earlier runs."""
+    merged: list[dict[str, Any]] = []
+    for log in args.summarize:
+        rows = json.loads(Path(log).read_text().strip().splitlines()[-1])["rows"]
+        merged += [r for r in rows if r["method"] != "unpruned" or not merged]
+    print_table(merged)
+    if args.plot:
+        plot(merged, args.plot, any("map50_95_finetuned" in r for r in merged))
+
+
+def reused_search(graph, run_dir: str) -> tuple[Keep, dict[str, Any]]:
+    """The final keep-masks and figures of an earlier ``python -m pagcp.prune`` run."""
+    state = json.loads((Path(run_dir) / "state.json").read_text())
+    info = {"search_seconds": round(state["seconds"], 1), "evaluations": state["evaluations"], "rounds": 1,
+            "reused": run_dir}  # fmt: skip
+    return Keep.from_pruned(graph.layout, state["keep"]), info
+
+
+def method_model(method: str, graph, model, keep: Keep, info, units, img: int, seed: int):
+    """(the pruned model of ``method`` at the GFLOPs of PAGCP's ``keep``, what to report about it, method name)."""
+    target = graph.flops(keep, img)
+    if method == "pagcp":
+        return graph.slice(keep).eval(), info, method
+    if method in ("uniform", "random"):
+        ratio, k = matched_keep(graph, method, target, img, units, seed=seed)
+        return graph.slice(k).eval(), {"ratio": round(ratio, 4)}, method
+    if method == "tp-global":
+        try:
+            pruned, ratio = tp_global(model, target / 1e9, img)
+            return pruned, {"tp_pruning_ratio": round(ratio, 4)}, method
+        except Exception as e:  # noqa: BLE001 - Torch-Pruning cannot handle the model: same rule on the graph
+            n, k = matched_keep(graph, "global", target, img, units)
+            extra = {"pruned_channels": int(n), "torch_pruning_error": f"{type(e).__name__}: {e}"}
+            return graph.slice(k).eval(), extra, "global"
+    raise SystemExit(f"unknown method {method!r}; use {', '.join(METHODS)}")
+
+
+def main() -> None:
+    args = parse_args()
     if args.summarize:
-        merged: list[dict[str, Any]] = []
-        for log in args.summarize:
-            rows = json.loads(Path(log).read_text().strip().splitlines()[-1])["rows"]
-            merged += [r for r in rows if r["method"] != "unpruned" or not merged]
-        print_table(merged)
-        if args.plot:
-            plot(merged, args.plot, any("map50_95_finetuned" in r for r in merged))
+        summarize_logs(args)
         return
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     cfg = load_data_config(args.data)
     model = pagcp.load_model(args.weights)
     img = args.img
-    graph = pagcp.trace(model, torch.zeros(1, 3, img, img))
-    loss_fn = yolo_task_loss(ComputeLoss(model, img_size=img))
-    batches = yolo_subset(image_files(cfg["val"]), img, 16, 32, int(cfg["nc"]), args.subset, 0)
+    problem = yolo_problem(model, image_files(cfg["val"]), img, 16, args.subset, 0)
+    graph = pagcp.trace(model, problem.example_input())
     data = train_data(cfg, args.train_images, 32, args.seed)
     units = prunable_units(graph)
-    methods = [m for m in args.methods.split(",") if m]
 
     def val(m: nn.Module) -> dict[str, float]:
         r = evaluate(m, cfg, img_size=img, batch_size=32, device="cpu", progress=False)
         return {"map50": round(r["map50"], 4), "map50_95": round(r["map50_95"], 4)}
 
-    base_stats = pagcp.model_stats(model, img)
-    base = {
-        "method": "unpruned",
-        "level": "-",
-        **base_stats,
+    rows: list[dict[str, Any]] = [{
+        "method": "unpruned", "level": "-", **pagcp.model_stats(model, img),
         **{f"{k}_pruned": v for k, v in val(model).items()},
         "latency_ms": round(latency_ms(model, img, args.latency_runs), 2),
-    }
-    rows: list[dict[str, Any]] = [base]
-    print(f"unpruned: {base}", flush=True)
+    }]  # fmt: skip
+    print(f"unpruned: {rows[0]}", flush=True)
     levels = args.levels.split(",")
     reuse = args.pagcp_run and "default" in levels
-    found = pagcp_keeps(graph, batches, loss_fn, [v for v in levels if not (reuse and v == "default")], img)
+    found = pagcp_keeps(graph, problem, [v for v in levels if not (reuse and v == "default")], img)
     if reuse:
-        state = json.loads((Path(args.pagcp_run) / "state.json").read_text())
-        found["default"] = (
-            pruned_to_keep(graph, state["keep"]),
-            {
-                "search_seconds": round(state["seconds"], 1),
-                "evaluations": state["evaluations"],
-                "rounds": 1,
-                "reused": args.pagcp_run,
-            },
-        )
+        found["default"] = reused_search(graph, args.pagcp_run)
     for level in levels:
         keep, info = found["default" if level == "default" else f"{float(level):g}"]
-        target = graph.flops(keep, img)
-        for method in methods:
+        for method in [m for m in args.methods.split(",") if m]:
             t0 = time.perf_counter()
-            extra: dict[str, Any] = {}
-            if method == "pagcp":
-                pruned, extra = graph.slice(keep).eval(), info
-            elif method in ("uniform", "random"):
-                ratio, k = matched_keep(graph, method, target, img, units, seed=args.seed)
-                pruned, extra = graph.slice(k).eval(), {"ratio": round(ratio, 4)}
-            elif method == "tp-global":
-                try:
-                    pruned, ratio = tp_global(model, target / 1e9, img)
-                    extra = {"tp_pruning_ratio": round(ratio, 4)}
-                except Exception as e:  # noqa: BLE001 - Torch-Pruning cannot handle the model: same rule on the graph
-                    n, k = matched_keep(graph, "global", target, img, units)
-                    pruned, method = graph.slice(k).eval(), "global"
-                    extra = {"pruned_channels": int(n), "torch_pruning_error": f"{type(e).__name__}: {e}"}
-            else:
-                raise SystemExit(f"unknown method {method!r}; use {', '.join(METHODS)}")
+            pruned, extra, method = method_model(method, graph, model, keep, info, units, img, args.seed)
             stats = pagcp.model_stats(pruned, img)
-            row = {
-                "method": method,
-                "level": level,
-                **stats,
-                "gflops_vs_pagcp": round(stats["gflops"] * 1e9 / target, 4),
-                **{f"{k}_pruned": v for k, v in val(pruned).items()},
-                "latency_ms": round(latency_ms(pruned, img, args.latency_runs), 2),
-                **extra,
-            }
+            row = {"method": method, "level": level, **stats,
+                   "gflops_vs_pagcp": round(stats["gflops"] * 1e9 / graph.flops(keep, img), 4),
+                   **{f"{k}_pruned": v for k, v in val(pruned).items()},
+                   "latency_ms": round(latency_ms(pruned, img, args.latency_runs), 2), **extra}  # fmt: skip
             if args.epochs > 0:
                 tuned = finetune(pruned, data, args, f"{level}-{method}")
                 row.update({f"{k}_finetuned": v for k, v in val(tuned).items()})
             row["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    report(rows, args, started)
 
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace, started: float) -> None:
     print_table(rows)
     if args.plot:
         plot(rows, args.plot, args.epochs > 0)
     result = {
-        "rows": rows,
-        "weights": args.weights,
-        "data": args.data,
-        "img": img,
-        "subset": args.subset,
-        "epochs": args.epochs,
-        "train_images": args.train_images,
-        "hyp": args.hyp,
+        "rows": rows, "weights": args.weights, "data": args.data, "img": args.img, "subset": args.subset,
+        "epochs": args.epochs, "train_images": args.train_images, "hyp": args.hyp,
         "seconds": round(time.perf_counter() - started, 1),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"{torch.get_num_threads()} threads",
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }  # fmt: skip
     if args.json:
         print(json.dumps(result))
 

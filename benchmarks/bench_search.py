@@ -22,15 +22,9 @@ import torch  # noqa: E402
 
 import pagcp  # noqa: E402
 from pagcp.data import image_files, load_data_config  # noqa: E402
-from pagcp.detection.loss import ComputeLoss  # noqa: E402
-from pagcp.engine.naive import naive_prune  # noqa: E402
-from pagcp.engine.oracle import SubsetOracle  # noqa: E402
 from pagcp.engine.search import Search  # noqa: E402
 from pagcp.engine.settings import PruneSettings  # noqa: E402
-from pagcp.engine.yolo import yolo_subset, yolo_task_loss  # noqa: E402
-from pagcp.models.yolo import Detect  # noqa: E402
-
-TASKS = ["box", "obj", "cls"]
+from pagcp.engine.yolo import yolo_problem  # noqa: E402
 
 
 def main() -> None:
@@ -50,21 +44,19 @@ def main() -> None:
     device = torch.device("cpu" if args.device == "cpu" else f"cuda:{args.device}")
     cfg = load_data_config(args.data)
     model = pagcp.load_model(args.weights, device=device)
-    batches = yolo_subset(image_files(cfg["val"]), args.img, args.batch, 32, int(cfg["nc"]), args.subset, 0, device)
-    graph = pagcp.trace(model, torch.zeros(1, 3, args.img, args.img, device=device))
-    loss_fn = yolo_task_loss(ComputeLoss(model, img_size=args.img, cache_targets=True))  # targets matched once
-    naive_loss_fn = yolo_task_loss(ComputeLoss(model, img_size=args.img))  # the reference re-matches every time
+    problem = yolo_problem(model, image_files(cfg["val"]), args.img, args.batch, args.subset, 0, device)
+    graph = pagcp.trace(model, problem.example_input())
     settings = PruneSettings(compression=args.compression)
 
     t0 = time.perf_counter()
-    oracle = SubsetOracle(graph, batches, loss_fn, TASKS, chunk=settings.chunk, train_mode_leaves=(Detect,))
+    oracle = problem.oracle(graph, chunk=settings.chunk)  # targets matched once
     search = Search(graph, oracle, settings, args.img)
     keep = search.run()
     engine_s = time.perf_counter() - t0
     engine = {d["name"]: d for d in search.state.decisions}
 
     t0 = time.perf_counter()
-    truth = naive_prune(graph, batches, naive_loss_fn, TASKS, settings, args.img, train_mode_leaves=(Detect,))
+    truth = problem.naive(graph, settings)  # the reference re-matches targets at every evaluation
     naive_s = time.perf_counter() - t0
     naive = {d["name"]: d for d in truth["decisions"]}
 

@@ -27,15 +27,10 @@ import pagcp  # noqa: E402, I001
 import torch  # noqa: E402
 
 from pagcp.data import image_files, load_data_config  # noqa: E402
-from pagcp.detection.loss import ComputeLoss  # noqa: E402
-from pagcp.models.yolo import Detect  # noqa: E402
-from pagcp.engine.oracle import SubsetOracle  # noqa: E402
-from pagcp.engine.yolo import yolo_subset, yolo_task_loss  # noqa: E402
+from pagcp.engine.yolo import yolo_problem  # noqa: E402
 from pagcp.engine.search import Search  # noqa: E402
 from pagcp.engine.settings import PruneSettings  # noqa: E402
 from pagcp.detection.evaluate import evaluate  # noqa: E402
-
-TASKS = ["box", "obj", "cls"]
 
 
 def run_level(level: str, args: argparse.Namespace, cfg: dict) -> dict[str, Any]:
@@ -44,11 +39,9 @@ def run_level(level: str, args: argparse.Namespace, cfg: dict) -> dict[str, Any]
     img = args.img
     files = image_files(cfg["val"])
     n = None if level == "all" else int(level)
-    batches = yolo_subset(files, img, args.batch, 32, int(cfg["nc"]), n, args.seed)
-    graph = pagcp.trace(model, torch.zeros(1, 3, img, img))
-    oracle = SubsetOracle(
-        graph, batches, yolo_task_loss(ComputeLoss(model, img_size=img)), TASKS, train_mode_leaves=(Detect,)
-    )
+    problem = yolo_problem(model, files, img, args.batch, n, args.seed, cache_targets=False)
+    graph = pagcp.trace(model, problem.example_input())
+    oracle = problem.oracle(graph)
     search = Search(graph, oracle, PruneSettings(compression=args.compression), img)
     t0 = time.perf_counter()
     keep = search.run()

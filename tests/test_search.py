@@ -10,19 +10,15 @@ import torchvision
 from torch import nn
 
 import pagcp
-from pagcp.detection.loss import ComputeLoss
 from pagcp.engine.executor import Executor
-from pagcp.engine.naive import naive_prune
-from pagcp.engine.oracle import SubsetOracle
+from pagcp.engine.naive import naive_lambda
 from pagcp.engine.rule import solve_lambda
 from pagcp.engine.saliency import select_keep, unit_scores
 from pagcp.engine.search import Search
 from pagcp.engine.settings import RATIOS, PruneSettings
-from pagcp.engine.yolo import subset_indices, yolo_task_loss
+from pagcp.engine.yolo import YoloProblem, subset_indices
 from pagcp.errors import ConfigError, PagcpError
 from pagcp.models.yolo import Detect
-
-TASKS = ["box", "obj", "cls"]
 
 
 @pytest.mark.parametrize("n_units,expected", [(52, 0.9769), (69, 0.9716), (86, 0.9693), (103, 0.9682)])
@@ -33,6 +29,7 @@ def test_lambda_matches_the_spec_table(n_units, expected):
     for i in range(n_units):
         product *= 1 + 0.06 * lam**i
     assert product == pytest.approx(6.0, rel=1e-9)
+    assert naive_lambda(0.06, 6.0, n_units) == pytest.approx(lam, rel=1e-13)  # the independent check agrees
 
 
 def test_lambda_without_decay_and_bad_bound():
@@ -93,8 +90,7 @@ def _yolo_setup(img: int = 64, n_batches: int = 2, batch: int = 8):
                 rows.append([i, (i + j) % 3, cx, cy, w, h])
         batches.append((x, torch.tensor(rows)))
     graph = pagcp.trace(model, batches[0][0][:1])
-    loss_fn = yolo_task_loss(ComputeLoss(model, img_size=img))
-    return model, graph, batches, loss_fn
+    return model, graph, YoloProblem(model, batches, img, cache_targets=False)
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +116,8 @@ def _sliced_raw(graph, keep, x):
 
 
 def test_executor_compact_and_candidates_equal_sliced(yolo):
-    _, graph, batches, _ = yolo
-    x = batches[0][0][:3]
+    _, graph, problem = yolo
+    x = problem.batches[0][0][:3]
     ex = Executor(graph, train_mode_leaves=(Detect,))
     keep = _random_keep(graph, 1)
     ex.set_keep(keep)
@@ -129,14 +125,12 @@ def test_executor_compact_and_candidates_equal_sliced(yolo):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     groups = [u.name for u in graph.units if len(u.producers) > 1]
     for name in [groups[0], "model.4.cv2", "model.9.cv1", "model.23.cv3"]:
-        suffix = ex.suffix_of(name)
-        cached = ex.prefix([x], suffix)
+        cached = ex.prefix([x], name)
         scores = unit_scores(graph, keep, [name])[name]
         cands = [select_keep(scores, keep[name], r) for r in (0.3, 0.6)]
-        out = ex.run_candidates(name, suffix, cached, cands)
+        out = ex.run_candidates(name, cached, cands)
         for r, cand in enumerate(cands):
-            trial = dict(keep)
-            trial[name] = cand
+            trial = keep.replace(name, cand)
             for got, want in zip(out, _sliced_raw(graph, trial, x)):
                 torch.testing.assert_close(got[r * 3 : (r + 1) * 3], want, rtol=1e-4, atol=1e-4)
 
@@ -153,11 +147,9 @@ def test_executor_on_generic_cnns(arch):
     with torch.no_grad():
         torch.testing.assert_close(ex.run([x]), graph.slice(keep).eval()(x), rtol=1e-4, atol=1e-4)
         for unit in (graph.units[1], graph.units[len(graph.units) // 2], graph.units[-1]):
-            suffix = ex.suffix_of(unit.name)
             cand = select_keep(torch.rand(unit.size), keep[unit.name], 0.5)
-            out = ex.run_candidates(unit.name, suffix, ex.prefix([x], suffix), [cand, keep[unit.name]])
-            trial = dict(keep)
-            trial[unit.name] = cand
+            out = ex.run_candidates(unit.name, ex.prefix([x], unit.name), [cand, keep[unit.name]])
+            trial = keep.replace(unit.name, cand)
             torch.testing.assert_close(out[:2], graph.slice(trial).eval()(x), rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(out[2:], graph.slice(keep).eval()(x), rtol=1e-4, atol=1e-4)
 
@@ -188,13 +180,13 @@ def _assert_same_decisions(engine: list[dict], naive: list[dict], base: list[flo
 
 @pytest.mark.parametrize("compat", ["default", "reference"])
 def test_engine_decisions_equal_naive(yolo, compat):
-    _, graph, batches, loss_fn = yolo
+    _, graph, problem = yolo
     units = [u.name for u in graph.units if u.size > 1][::3]  # backbone and head, a third of the units
     settings = PruneSettings(compat=compat, units=units, **SMALL)
-    oracle = SubsetOracle(graph, batches, loss_fn, TASKS, train_mode_leaves=(Detect,))
+    oracle = problem.oracle(graph)
     search = Search(graph, oracle, settings, 64)
     keep = search.run()
-    truth = naive_prune(graph, batches, loss_fn, TASKS, settings, 64, train_mode_leaves=(Detect,))
+    truth = problem.naive(graph, settings)
     assert search.state.order == truth["order"]
     if _assert_same_decisions(search.state.decisions, truth["decisions"], truth["base"]):
         assert all(torch.equal(keep[k], truth["keep"][k]) for k in keep)
@@ -207,11 +199,11 @@ def test_engine_decisions_equal_naive(yolo, compat):
 
 
 def test_search_resume_gives_identical_result(tmp_path, yolo):
-    _, graph, batches, loss_fn = yolo
+    _, graph, problem = yolo
     settings = PruneSettings(compression="backbone", **SMALL)
 
     def fresh(path):
-        oracle = SubsetOracle(graph, batches, loss_fn, TASKS, train_mode_leaves=(Detect,))
+        oracle = problem.oracle(graph)
         return Search(graph, oracle, settings, 64, state_path=path, fingerprint={"model": "test"})
 
     whole = fresh(tmp_path / "whole.json")
@@ -235,7 +227,7 @@ def test_search_resume_gives_identical_result(tmp_path, yolo):
     final = json.loads((tmp_path / "part.json").read_text())
     assert final["decisions"] == json.loads((tmp_path / "whole.json").read_text())["decisions"]
 
-    other = SubsetOracle(graph, batches, loss_fn, TASKS, train_mode_leaves=(Detect,))
+    other = problem.oracle(graph)
     changed = Search(
         graph,
         other,
@@ -249,11 +241,11 @@ def test_search_resume_gives_identical_result(tmp_path, yolo):
 
 
 def test_target_gflops_runs_rounds(yolo):
-    _, graph, batches, loss_fn = yolo
+    _, graph, problem = yolo
     settings = PruneSettings(
         compression="backbone", target_gflops=0.6, max_rounds=3, initial_rate=0.002, initial_thres=1.05
     )
-    oracle = SubsetOracle(graph, batches, loss_fn, TASKS, train_mode_leaves=(Detect,))
+    oracle = problem.oracle(graph)
     search = Search(graph, oracle, settings, 64)
     keep = search.run()
     ratio = graph.flops(keep, 64) / graph.flops(None, 64)
@@ -292,21 +284,21 @@ def test_python_api_on_a_torchvision_classifier():
 
 
 def test_oracle_splits_candidates_when_the_device_runs_out_of_memory(yolo, monkeypatch):
-    _, graph, batches, loss_fn = yolo
+    _, graph, problem = yolo
     keep = graph.full_keep()
     unit = graph.units[5].name
     scores = unit_scores(graph, keep, [unit])[unit]
     candidates = [select_keep(scores, keep[unit], r) for r in (0.2, 0.4, 0.6)]
     bound = torch.full((3,), 1e9, dtype=torch.float64)
-    plain = SubsetOracle(graph, batches, loss_fn, TASKS, chunk=3, train_mode_leaves=(Detect,))
+    plain = problem.oracle(graph, chunk=3)
     expected = plain.evaluate(keep, unit, candidates, bound)
-    tight = SubsetOracle(graph, batches, loss_fn, TASKS, chunk=3, train_mode_leaves=(Detect,))
+    tight = problem.oracle(graph, chunk=3)
     real = tight.executor.run_candidates
 
-    def small_device(unit_name, suffix, cached, masks):
+    def small_device(unit_name, cached, masks):
         if len(masks) > 1:
             raise torch.OutOfMemoryError("simulated")
-        return real(unit_name, suffix, cached, masks)
+        return real(unit_name, cached, masks)
 
     monkeypatch.setattr(tight.executor, "run_candidates", small_device)
     got = tight.evaluate(keep, unit, candidates, bound)

@@ -2,6 +2,8 @@
 
 With no arguments it prunes the bundled demo checkpoint (``yolov5n-demo``) on the demo dataset (generated on
 first use) on the CPU. The search writes its state after every unit; ``--resume`` continues it exactly.
+The search itself is :func:`pagcp.engine.api.prune` (the Python API) over the YOLO oracle of
+:func:`pagcp.engine.yolo.yolo_problem`; this module checks the flags, keeps the run folder and reports.
 """
 
 from __future__ import annotations
@@ -11,23 +13,20 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from pagcp.cli.common import Parser, guarded
 from pagcp.engine.settings import COMPAT_MODES, COMPRESSIONS, PruneSettings
-from pagcp.errors import ConfigError, PagcpError
+from pagcp.errors import ConfigError
 
 log = logging.getLogger("pagcp.prune")
-TASKS = ["box", "obj", "cls"]
+PROG = "python -m pagcp.prune"
 DEFAULT_SUBSET = 64
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one clear line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _subset(text: str) -> int | None:
@@ -43,110 +42,60 @@ def _subset(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="python -m pagcp.prune",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = Parser(prog=PROG, description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model and data (YOLOv5's names)")
     g.add_argument("--weights", default="yolov5n-demo", help="checkpoint: bundled name, official .pt or pagcp .pt")
     g.add_argument("--data", default="demo", help="data yaml, or 'demo'")
     g.add_argument("--img", "--img-size", "--imgsz", dest="img", type=int, default=320, help="image size (px)")
-    g.add_argument(
-        "--batch",
-        "--batch-size",
-        dest="batch",
-        type=int,
-        default=16,
-        help="oracle batch (the reference's loader uses 2 x batch, see --compat)",
-    )
-    g.add_argument(
-        "--subset",
-        type=_subset,
-        default=DEFAULT_SUBSET,
-        help="oracle images drawn (seeded) from the val split, or 'all'",
-    )
+    g.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16,
+                   help="oracle batch (the reference's loader uses 2 x batch, see --compat)")  # fmt: skip
+    g.add_argument("--subset", type=_subset, default=DEFAULT_SUBSET,
+                   help="oracle images drawn (seeded) from the val split, or 'all'")  # fmt: skip
     g.add_argument("--device", default="cpu", help="cpu, 0, cuda:0")
     g.add_argument("--workers", type=int, default=0, help="dataloader workers")
     g.add_argument("--seed", type=int, default=0, help="seed of the oracle subset")
     r = p.add_argument_group("the decision rule (the reference's names; underscore spellings work too)")
     r.add_argument("--initial-rate", "--initial_rate", dest="initial_rate", type=float, default=0.06)
     r.add_argument("--initial-thres", "--initial_thres", dest="initial_thres", type=float, default=6.0)
-    r.add_argument(
-        "--exp",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="decay the threshold by lambda after each accepted unit",
-    )
+    r.add_argument("--exp", action=argparse.BooleanOptionalAction, default=True,
+                   help="decay the threshold by lambda after each accepted unit")  # fmt: skip
     r.add_argument("--topk", type=float, default=0.8, help="fraction of units kept pruned (most loss-efficient)")
     r.add_argument("--compression", choices=COMPRESSIONS, default="global")
     r.add_argument("--saliency", choices=("l1", "l2"), default="l1")
     r.add_argument("--round", type=int, default=0)
     r.add_argument("--rate-slope", "--rate_slope", dest="rate_slope", type=float, default=0.0)
     r.add_argument("--thres-slope", "--thres_slope", dest="thres_slope", type=float, default=0.0)
-    r.add_argument(
-        "--target-gflops",
-        "--target_gflops",
-        dest="target_gflops",
-        type=float,
-        default=None,
-        help="run rounds until GFLOPs <= this fraction of the original",
-    )
+    r.add_argument("--target-gflops", "--target_gflops", dest="target_gflops", type=float, default=None,
+                   help="run rounds until GFLOPs <= this fraction of the original")  # fmt: skip
     r.add_argument("--max-rounds", "--max_rounds", dest="max_rounds", type=int, default=8)
-    r.add_argument(
-        "--compat",
-        choices=COMPAT_MODES,
-        default="default",
-        help="'reference' reproduces the reference implementation, quirks included",
-    )
+    r.add_argument("--compat", choices=COMPAT_MODES, default="default",
+                   help="'reference' reproduces the reference implementation, quirks included")  # fmt: skip
     r.add_argument("--chunk", type=int, default=0, help="candidates per oracle pass (0: 1 on CPU, 4 on GPU)")
     f = p.add_argument_group("fine-tuning and output")
     f.add_argument("--finetune-epochs", "--finetune_epochs", dest="finetune_epochs", type=int, default=1)
     f.add_argument("--finetune-batch", "--finetune_batch", dest="finetune_batch", type=int, default=16)
-    f.add_argument(
-        "--hyp",
-        default="finetune",
-        help="fine-tuning hyp: finetune (short runs), scratch (the paper's long runs) or a yaml",
-    )
+    hyp_help = "fine-tuning hyp: finetune (short runs), scratch (the paper's long runs) or a yaml"
+    f.add_argument("--hyp", default="finetune", help=hyp_help)
     f.add_argument("--project", default="runs/prune")
     f.add_argument("--name", default="exp")
-    f.add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        default=None,
-        help="continue an interrupted run: its folder (default: the latest in --project)",
-    )
+    f.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue an interrupted run: its folder (default: the latest in --project)")  # fmt: skip
     f.add_argument("--json", action="store_true", help="print the report as a JSON object on the last line")
     return p
 
 
 def settings_from_args(args: argparse.Namespace) -> PruneSettings:
     return PruneSettings(
-        initial_rate=args.initial_rate,
-        initial_thres=args.initial_thres,
-        exp=args.exp,
-        topk=args.topk,
-        round=args.round,
-        rate_slope=args.rate_slope,
-        thres_slope=args.thres_slope,
-        compression=args.compression,
-        saliency=args.saliency,
-        compat=args.compat,
-        target_gflops=args.target_gflops,
-        max_rounds=args.max_rounds,
+        initial_rate=args.initial_rate, initial_thres=args.initial_thres, exp=args.exp, topk=args.topk,
+        round=args.round, rate_slope=args.rate_slope, thres_slope=args.thres_slope, compression=args.compression,
+        saliency=args.saliency, compat=args.compat, target_gflops=args.target_gflops, max_rounds=args.max_rounds,
         chunk=args.chunk,
-    )
+    )  # fmt: skip
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    checks = (
-        ("--img", args.img, 32),
-        ("--batch", args.batch, 1),
-        ("--workers", args.workers, 0),
-        ("--finetune-epochs", args.finetune_epochs, 0),
-        ("--finetune-batch", args.finetune_batch, 1),
-    )
+    checks = (("--img", args.img, 32), ("--batch", args.batch, 1), ("--workers", args.workers, 0),
+              ("--finetune-epochs", args.finetune_epochs, 0), ("--finetune-batch", args.finetune_batch, 1))  # fmt: skip
     for flag, value, low in checks:
         if value < low:
             raise ConfigError(f"{flag} {value}: must be >= {low}")
@@ -172,36 +121,34 @@ def _resumed_run(args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole job; returns the report dict."""
-    from tqdm import tqdm
+@dataclass
+class Job:
+    """The checked inputs of a run: the model, the data config, the oracle's split and the image size."""
 
-    from pagcp import load_model, model_stats, save_model
+    model: torch.nn.Module
+    cfg: dict[str, Any]
+    files: list[str]
+    img: int
+    device: torch.device
+
+
+def _load_job(args: argparse.Namespace) -> Job:
+    """Load and check model and data; every error here comes before any run folder exists."""
+    from pagcp import load_model
     from pagcp.data import image_files, load_data_config
-    from pagcp.detection.evaluate import evaluate
-    from pagcp.detection.loss import ComputeLoss
     from pagcp.devices import select_device
-    from pagcp.engine.oracle import SubsetOracle
-    from pagcp.engine.search import Search
-    from pagcp.engine.yolo import yolo_subset, yolo_task_loss
-    from pagcp.graph import trace
-    from pagcp.models.yolo import Detect, bundled_configs
-    from pagcp.runs import increment_run_dir
+    from pagcp.engine.yolo import model_stride
+    from pagcp.models.yolo import bundled_configs
 
-    _check_args(args)
-    if args.resume is not None:
-        run_dir, resuming = _resumed_run(args), True
-    settings = settings_from_args(args)
     device = select_device(args.device)
     cfg = load_data_config(args.data)
     is_config = str(args.weights).endswith((".yaml", ".yml")) or str(args.weights) in bundled_configs()
     torch.manual_seed(args.seed)  # a config name gets random weights: the same ones on every (resumed) run
     model = load_model(args.weights, nc=int(cfg["nc"]) if is_config else None, device=device)
-    detect = model.model[-1]
-    if int(detect.nc) != int(cfg["nc"]):
+    if int(model.model[-1].nc) != int(cfg["nc"]):
         raise ConfigError(
             f"--data {args.data} has nc={cfg['nc']} but --weights {args.weights} predicts "
-            f"{detect.nc} classes; use the data yaml the model was trained on"
+            f"{model.model[-1].nc} classes; use the data yaml the model was trained on"
         )
     if not cfg.get("val"):
         raise ConfigError(f"--data {args.data}: no 'val' split for the oracle")
@@ -211,151 +158,137 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"--subset {args.subset} is larger than the val split of {args.data} ({len(files)} images);"
             f" use --subset all or at most {len(files)}"
         )
-    if args.resume is None:  # every check passed: only now a run folder is made
-        run_dir, resuming = increment_run_dir(args.project, args.name), False
-        run_dir.mkdir(parents=True, exist_ok=True)
-        saved = {k: v for k, v in vars(args).items() if k not in ("resume", "json")}
-        (run_dir / "opt.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    stride = int(max(detect.stride.max().item(), 32))
-    img = -(-args.img // stride) * stride
-    oracle_batch = 2 * args.batch if settings.compat == "reference" else args.batch
-    log.info(
-        "run folder %s; oracle: %s val images at %d px, batch %d, on %s",
-        run_dir,
-        "all" if args.subset is None else args.subset,
-        img,
-        oracle_batch,
-        device,
-    )
+    stride = model_stride(model)
+    return Job(model, cfg, files, -(-args.img // stride) * stride, device)
 
-    batches = yolo_subset(
-        files, img, oracle_batch, stride, int(cfg["nc"]), args.subset, args.seed, device, args.workers
-    )
-    graph = trace(model, torch.zeros(1, 3, img, img, device=device))
-    compute_loss = ComputeLoss(model, img_size=img, cache_targets=True)
-    oracle = SubsetOracle(
-        graph, batches, yolo_task_loss(compute_loss), TASKS, chunk=settings.chunk, train_mode_leaves=(Detect,)
-    )
-    fingerprint = {
-        "weights": str(args.weights),
-        "data": str(args.data),
-        "img": img,
-        "subset": args.subset,
-        "batch": oracle_batch,
-        "seed": args.seed,
-        "units": len(graph.units),
-        "weights_checksum": float(sum(p.detach().double().abs().sum() for p in model.parameters())),
-    }
+
+def _new_run(args: argparse.Namespace) -> Path:
+    """``project/nameN`` with the flags saved as opt.yaml (made only once every check has passed)."""
+    from pagcp.runs import increment_run_dir
+
+    run_dir = increment_run_dir(args.project, args.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = {k: v for k, v in vars(args).items() if k not in ("resume", "json")}
+    (run_dir / "opt.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    return run_dir
+
+
+def _progress_bar():
+    """A tqdm bar over units, or one log line per unit when stdout is not a terminal."""
+    from tqdm import tqdm
+
     bar = tqdm(desc="pruning", unit="unit", disable=None)
 
     def progress(p: dict[str, Any]) -> None:
         text = f"{p['unit']} ratio {p['ratio']:.2f} -> {p['gflops']:.3f} GFLOPs"
-        if bar.disable:  # not a terminal: one log line per unit instead of a bar
-            log.info(
-                "unit %d/%d %s%s",
-                p["position"],
-                p["total"],
-                text,
-                f" (tripped: {p['tripped']})" if p["tripped"] else "",
-            )
+        if bar.disable:
+            tripped = f" (tripped: {p['tripped']})" if p["tripped"] else ""
+            log.info("unit %d/%d %s%s", p["position"], p["total"], text, tripped)
             return
-        bar.total = p["total"]
-        bar.n = p["position"]
+        bar.total, bar.n = p["total"], p["position"]
         bar.set_postfix_str(text)
 
-    search = Search(
-        graph, oracle, settings, img, state_path=run_dir / "state.json", fingerprint=fingerprint, progress=progress
+    return bar, progress
+
+
+def _search(args: argparse.Namespace, job: Job, settings: PruneSettings, run_dir: Path, resuming: bool):
+    """PAGCP through the Python API on the YOLO oracle; a Ctrl-C says how to resume."""
+    from pagcp.engine.yolo import yolo_problem
+
+    oracle_batch = 2 * args.batch if settings.compat == "reference" else args.batch
+    subset_text = "all" if args.subset is None else args.subset
+    log.info("run folder %s; oracle: %s val images at %d px, batch %d, on %s",
+             run_dir, subset_text, job.img, oracle_batch, job.device)  # fmt: skip
+    problem = yolo_problem(
+        job.model, job.files, job.img, oracle_batch, args.subset, args.seed, job.device, args.workers
     )
-    resume_search = resuming and (run_dir / "state.json").is_file()
+    checksum = float(sum(p.detach().double().abs().sum() for p in job.model.parameters()))
+    fingerprint = {"weights": str(args.weights), "data": str(args.data), "img": job.img, "subset": args.subset,
+                   "batch": oracle_batch, "seed": args.seed, "weights_checksum": checksum}  # fmt: skip
+    state_path = run_dir / "state.json"
+    bar, progress = _progress_bar()
     try:
-        keep = search.run(resume=resume_search)
+        return problem.prune(settings, state_path=state_path, resume=resuming and state_path.is_file(),
+                             progress=progress, fingerprint=fingerprint)  # fmt: skip
     except KeyboardInterrupt:
-        bar.close()
         print(f"\ninterrupted; continue with: python -m pagcp.prune --resume {run_dir}", file=sys.stderr)
         raise
-    bar.close()
-    st = search.state
-    pruned = graph.slice(keep).eval()
-    stats_before, stats_after = model_stats(model, img), model_stats(pruned, img)
-    meta = {"source": str(args.weights), "img_size": img, "gflops": stats_after["gflops"], "pagcp": settings.to_dict()}
-    save_model(pruned, run_dir / "pruned.pt", **meta)
-
-    def val(m) -> dict[str, Any]:
-        return evaluate(m, cfg, img_size=img, batch_size=32, device=device, workers=args.workers, progress=False)
-
-    before, after = val(model), val(pruned)
-    tuned = None
-    if args.finetune_epochs > 0:
-        tuned_model = _finetune(pruned, args, run_dir, img)
-        save_model(tuned_model, run_dir / "finetuned.pt", **meta)
-        tuned = val(tuned_model)
-    units = [
-        {k: d[k] for k in ("name", "channels_before", "channels_after", "ratio", "tripped_task", "selected")}
-        for d in st.decisions
-    ]
-    report = {
-        "weights": str(args.weights),
-        "data": str(args.data),
-        "run_dir": str(run_dir),
-        "params_before": stats_before["params"],
-        "params_after": stats_after["params"],
-        "gflops_before": stats_before["gflops"],
-        "gflops_after": stats_after["gflops"],
-        "map50_before": before["map50"],
-        "map50_95_before": before["map50_95"],
-        "map50_after": after["map50"],
-        "map50_95_after": after["map50_95"],
-        "map50_finetuned": tuned["map50"] if tuned else None,
-        "map50_95_finetuned": tuned["map50_95"] if tuned else None,
-        "img_size": img,
-        "subset": args.subset if args.subset is not None else len(files),
-        "evaluations": st.evaluations,
-        "search_seconds": st.seconds,
-        "lambda": st.lam,
-        "settings": settings.to_dict(),
-        "rounds": len(st.history),
-        "units": units,
-        "pruned": str(run_dir / "pruned.pt"),
-        "finetuned": str(run_dir / "finetuned.pt") if tuned else None,
-    }
-    from pagcp.cli.report import write_report
-
-    write_report(run_dir, report)
-    return report
+    finally:
+        bar.close()
 
 
 def _finetune(model, args: argparse.Namespace, run_dir: Path, img: int):
     from pagcp.training.loop import TrainSettings, train
 
-    s = TrainSettings(
-        epochs=args.finetune_epochs,
-        img_size=img,
-        batch_size=args.finetune_batch,
-        device=args.device,
-        hyp=args.hyp,
-        workers=args.workers,
-        project=str(run_dir),
-        name="finetune",
-        exist_ok=True,
-        weights=str(run_dir / "pruned.pt"),
-        data=str(args.data),
-    )
+    s = TrainSettings(epochs=args.finetune_epochs, img_size=img, batch_size=args.finetune_batch, device=args.device,
+                      hyp=args.hyp, workers=args.workers, project=str(run_dir), name="finetune", exist_ok=True,
+                      weights=str(run_dir / "pruned.pt"), data=str(args.data))  # fmt: skip
     result = train(model.train(), args.data, s)
     return result["model"].float().eval()
+
+
+def _validate(args: argparse.Namespace, job: Job, result, run_dir: Path, settings: PruneSettings) -> dict[str, Any]:
+    """Save the pruned (and fine-tuned) checkpoint; mAP before, after pruning and after fine-tuning."""
+    from pagcp import model_stats, save_model
+    from pagcp.detection.evaluate import evaluate
+
+    pruned = result.model.eval()
+    stats_before, stats_after = model_stats(job.model, job.img), model_stats(pruned, job.img)
+    meta = {"source": str(args.weights), "img_size": job.img, "gflops": stats_after["gflops"],
+            "pagcp": settings.to_dict()}  # fmt: skip
+    save_model(pruned, run_dir / "pruned.pt", **meta)
+
+    def val(m) -> dict[str, Any]:
+        return evaluate(m, job.cfg, img_size=job.img, batch_size=32, device=job.device, workers=args.workers,
+                        progress=False)  # fmt: skip
+
+    before, after, tuned = val(job.model), val(pruned), None
+    if args.finetune_epochs > 0:
+        tuned_model = _finetune(pruned, args, run_dir, job.img)
+        save_model(tuned_model, run_dir / "finetuned.pt", **meta)
+        tuned = val(tuned_model)
+    return {
+        "params_before": stats_before["params"], "params_after": stats_after["params"],
+        "gflops_before": stats_before["gflops"], "gflops_after": stats_after["gflops"],
+        "map50_before": before["map50"], "map50_95_before": before["map50_95"],
+        "map50_after": after["map50"], "map50_95_after": after["map50_95"],
+        "map50_finetuned": tuned["map50"] if tuned else None,
+        "map50_95_finetuned": tuned["map50_95"] if tuned else None,
+    }  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole job; returns the report dict."""
+    from pagcp.cli.report import UNIT_FIELDS, write_report
+
+    _check_args(args)
+    resuming = args.resume is not None
+    run_dir = _resumed_run(args) if resuming else None
+    settings = settings_from_args(args)
+    job = _load_job(args)
+    run_dir = run_dir or _new_run(args)
+    result = _search(args, job, settings, run_dir, resuming)
+    figures = _validate(args, job, result, run_dir, settings)
+    tuned = figures["map50_finetuned"] is not None
+    report = {
+        "weights": str(args.weights), "data": str(args.data), "run_dir": str(run_dir), **figures,
+        "img_size": job.img, "subset": args.subset if args.subset is not None else len(job.files),
+        "evaluations": result.evaluations, "search_seconds": result.seconds, "lambda": result.lam,
+        "settings": settings.to_dict(), "rounds": len(result.history),
+        "units": [{k: d[k] for k in UNIT_FIELDS} for d in result.decisions],
+        "pruned": str(run_dir / "pruned.pt"), "finetuned": str(run_dir / "finetuned.pt") if tuned else None,
+    }  # fmt: skip
+    write_report(run_dir, report)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        PruneSettings.validate(settings_from_args(args))
-        started = time.perf_counter()
-        report = run(args)
-    except PagcpError as e:
-        print(f"python -m pagcp.prune: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    started = time.perf_counter()
+    code, report = guarded(PROG, lambda: run(args))
+    if code:
+        return code
     from pagcp.cli.report import summary_table
 
     print(summary_table(report))

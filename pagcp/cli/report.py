@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
+from pagcp.runs import write_json_atomic
+
+#: what the report keeps of each unit's decision
+UNIT_FIELDS = ("name", "channels_before", "channels_after", "ratio", "tripped_task", "selected")
 REQUIRED = (
     "params_before",
     "params_after",
@@ -112,8 +114,6 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> None:
     missing = [k for k in REQUIRED if k not in report]
     if missing:
         raise KeyError(f"report lacks {', '.join(missing)}")
-    tmp = run_dir / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
-    os.replace(tmp, run_dir / "report.json")
+    write_json_atomic(run_dir / "report.json", report)
     write_markdown(run_dir / "report.md", report)
     plot_channels(run_dir / "channels.png", report["units"])

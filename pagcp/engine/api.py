@@ -18,7 +18,11 @@ from pagcp.graph import ChannelGraph, Keep, trace
 
 @dataclass
 class PruneResult:
-    """Outcome of :func:`prune`: the keep-masks, per-unit decisions (last round), and the sliced model."""
+    """Outcome of :func:`prune`: the keep-masks, per-unit decisions (last round), and the sliced model.
+
+    ``history`` has one entry per round; ``evaluations`` and ``seconds`` are the search's counts; ``lam`` is
+    the last round's λ.
+    """
 
     keep: Keep
     decisions: list[dict[str, Any]]
@@ -27,6 +31,7 @@ class PruneResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     evaluations: int = 0
     seconds: float = 0.0
+    lam: float = 1.0
 
     def summary(self) -> str:
         rows = [f"{'unit':40s} {'before':>6s} {'after':>6s} {'ratio':>5s}  tripped  selected"]
@@ -50,7 +55,9 @@ def prune(
     state_path: str | Path | None = None,
     resume: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
-    **settings: Any,
+    fingerprint: dict[str, Any] | None = None,
+    settings: PruneSettings | None = None,
+    **options: Any,
 ) -> PruneResult:
     """Prune ``model`` with PAGCP.
 
@@ -60,13 +67,20 @@ def prune(
         batches: the oracle's data, ``(inputs, targets)`` pairs on the model's device, fixed for the search.
         example_input: one input batch for tracing (e.g. ``torch.zeros(1, 3, 224, 224)``).
         tasks: task names (default ``task0``...); their number must match ``loss_fn``'s output.
+        train_mode_leaves: leaf module classes that run in training mode for the loss (YOLO's Detect).
         img_size: the size FLOPs are counted at (default: the example input's).
         state_path: JSON file the search writes after every unit; ``resume=True`` continues it.
-        **settings: :class:`pagcp.engine.settings.PruneSettings` fields (initial_rate, initial_thres, exp, topk, round,
-            rate_slope, thres_slope, ratios, compression, saliency, compat, target_gflops, units, chunk).
+        progress: called after every unit with its name, position, total, ratio, GFLOPs and tripped task.
+        fingerprint: what identifies the model and data in the state file (a resume on others fails); the
+            number of units found is added to it.
+        settings / **options: a :class:`pagcp.engine.settings.PruneSettings`, or its fields (initial_rate,
+            initial_thres, exp, topk, round, rate_slope, thres_slope, ratios, compression, saliency, compat,
+            target_gflops, max_rounds, units, chunk).
     """
+    if settings is not None and options:
+        raise TypeError(f"pass either settings= or setting keywords, not both ({', '.join(options)})")
+    s = settings if settings is not None else PruneSettings(**options)
     batches = list(batches)
-    s = PruneSettings(**settings)
     model.eval()
     graph = trace(model, example_input, leaf_modules=leaf_modules)
     if tasks is None:
@@ -75,7 +89,8 @@ def prune(
         tasks = [f"task{i}" for i in range(n_tasks)]
     size = img_size if img_size is not None else tuple(example_input.shape[-2:])
     oracle = SubsetOracle(graph, batches, loss_fn, tasks, chunk=s.chunk, train_mode_leaves=train_mode_leaves)
-    search = Search(graph, oracle, s, size, state_path=state_path, progress=progress)
+    fingerprint = {**(fingerprint or {}), "units": len(graph.units)}
+    search = Search(graph, oracle, s, size, state_path=state_path, fingerprint=fingerprint, progress=progress)
     keep = search.run(resume=resume)
     st = search.state
-    return PruneResult(keep, st.decisions, graph.slice(keep), graph, st.history, oracle.evaluations, st.seconds)
+    return PruneResult(keep, st.decisions, graph.slice(keep), graph, st.history, st.evaluations, st.seconds, st.lam)

@@ -1,14 +1,15 @@
 """Compact and candidate execution of a traced network, without rebuilding or copying it.
 
-:class:`Executor` runs ``graph.gm`` node by node with
+:class:`Executor` walks ``graph.gm`` node by node in one place (:meth:`Executor._walk`) on the compact
+weights of the current keep (:mod:`pagcp.engine.compact`). What differs between its uses is a *pass*, the
+object the walk asks how to read a value, run a conv step and finish a node:
 
-- *compact* convs: every conv's BN folded in and its pruned channels gathered out of the weights (cached,
-  re-gathered only when a conv's keep changes), so the cost falls as the network shrinks exactly as a
-  physically pruned copy's would;
-- *candidate* mode for one unit: nodes that do not depend on the unit's producers (the prefix) come from a
-  cache computed once per batch; at each producer the unit's candidates are expanded, one conv output into
-  R candidate outputs, by :func:`pagcp.ops.masked_bn_act` (BN + activation + per-candidate channel mask in
-  one pass); everything downstream runs on R·N rows.
+- the compact pass (:meth:`Executor.run`, :meth:`Executor.prefix`): every value has N rows;
+- the candidate pass (:meth:`Executor.run_candidates`) for R keep-masks of one unit: the values upstream of
+  the unit (the prefix, computed once per batch by :meth:`Executor.prefix`) come from a cache; at each of
+  the unit's producers :func:`pagcp.ops.masked_bn_act` applies BN + activation + every candidate's channel
+  mask in one kernel, expanding one conv output into R; everything downstream runs on R·N rows,
+  candidate-major.
 
 The values equal those of ``graph.slice(keep)`` (up to float rounding of the BN folding).
 """
@@ -16,7 +17,7 @@ The values equal those of ``graph.slice(keep)`` (up to float rounding of the BN 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,41 +25,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.func import functional_call
 
+from pagcp.engine.compact import CompactWeights, ConvStep, find_conv_steps
 from pagcp.errors import PagcpError
-from pagcp.graph import ChannelGraph
+from pagcp.graph import ChannelGraph, Keep, Unit
 from pagcp.graph.split import suffix_nodes
 from pagcp.ops import masked_bn_act, masked_bn_act_rows
-
-#: activation modules masked_bn_act fuses; other activations with act(0) == 0 run after an identity mask
-_FUSED_ACTS = {nn.SiLU: "silu", nn.ReLU: "relu", nn.Identity: "identity"}
-_ZERO_PRESERVING = (nn.ReLU6, nn.Hardswish, nn.LeakyReLU, nn.GELU, nn.Mish, nn.Hardtanh, nn.ELU, nn.SELU, nn.Tanh)
-
-
-@dataclass
-class ConvStep:
-    """A Conv2d, optionally with the BatchNorm2d and activation that follow it alone."""
-
-    conv_node: fx.Node
-    out_node: fx.Node
-    conv_name: str
-    conv: nn.Conv2d
-    bn: nn.BatchNorm2d | None
-    act: nn.Module | None
-    bn_name: str | None = None
-    fused_nodes: list[fx.Node] = field(default_factory=list)
-
-    @property
-    def act_kind(self) -> str:
-        return _FUSED_ACTS.get(type(self.act), "identity") if self.act is not None else "identity"
-
-    @property
-    def act_after(self) -> nn.Module | None:
-        return self.act if self.act is not None and type(self.act) not in _FUSED_ACTS else None
-
-
-def _single_user(node: fx.Node) -> fx.Node | None:
-    users = list(node.users)
-    return users[0] if len(users) == 1 else None
 
 
 def _map(value: Any, fn) -> Any:
@@ -79,176 +50,237 @@ def _nodes_in(value: Any) -> list[fx.Node]:
     return found
 
 
+def _map_tensors(value: Any, fn) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    return value
+
+
+@dataclass
+class UnitPlan:
+    """How the walk is cut for one unit: the prefix runs once per batch, the suffix once per candidate chunk.
+
+    ``frees[node]`` lists the prefix values that no later prefix node and no suffix node reads after ``node``.
+    """
+
+    prefix: list[fx.Node]
+    suffix: list[fx.Node]
+    frontier: list[fx.Node]
+    frees: dict[fx.Node, list[fx.Node]]
+
+
+class _CompactPass:
+    """Every value has the batch's N rows; convs run folded."""
+
+    def __init__(self, executor: Executor, env: dict[fx.Node, Any] | None = None):
+        self.ex = executor
+        self.env: dict[fx.Node, Any] = env if env is not None else {}
+
+    def read(self, node: fx.Node) -> Any:
+        return self.env[node]
+
+    def conv(self, step: ConvStep) -> torch.Tensor:
+        return self.ex.compact_conv(step, self.read(step.input))
+
+    def finish(self, node: fx.Node, value: Any) -> Any:
+        return value
+
+
+class _CandidatePass(_CompactPass):
+    """R candidate keep-masks of one unit over cached prefix values (N rows) -> values of R·N rows."""
+
+    def __init__(self, executor: Executor, unit: Unit, cached: dict[fx.Node, Any], candidates: torch.Tensor):
+        super().__init__(executor, dict(cached))
+        self.R = candidates.shape[0]
+        self.producer_rows = {
+            ref.module: executor.candidate_rows(ref, candidates) for ref in (*unit.producers, *unit.depthwise)
+        }
+        self.norm_rows = {ref.module: executor.candidate_rows(ref, candidates) for ref in unit.norms}
+        self.wide: set[fx.Node] = set()  # nodes whose value already has R·N rows
+        self.repeated: dict[fx.Node, Any] = {}
+
+    def read(self, node: fx.Node) -> Any:
+        if node in self.wide:
+            return self.env[node]
+        if node not in self.repeated:  # a prefix value (N rows), repeated once to R·N rows
+            self.repeated[node] = _map_tensors(self.env[node], lambda t: t.repeat(self.R, *([1] * (t.dim() - 1))))
+        return self.repeated[node]
+
+    def conv(self, step: ConvStep) -> torch.Tensor:
+        rows = self.producer_rows.get(step.conv_name)
+        self.wide.add(step.out_node)
+        if rows is None:
+            return self.ex.compact_conv(step, self.read(step.input))
+        x_node = step.input
+        if x_node in self.wide:  # already R·N rows: mask row block r with candidate r
+            return self.ex.masked_conv(step, self.env[x_node], rows, expand=False)
+        return self.ex.masked_conv(step, self.env[x_node], rows, expand=True)
+
+    def finish(self, node: fx.Node, value: Any) -> Any:
+        self.wide.add(node)
+        rows = self.norm_rows.get(node.target) if node.op == "call_module" else None
+        if rows is None:
+            return value
+        rows = rows.to(value.device, value.dtype)
+        R, N = self.R, value.shape[0] // self.R
+        shape = (R, 1, -1, *([1] * (value.dim() - 2)))
+        return (value.view(R, N, *value.shape[1:]) * rows.view(shape)).view_as(value)
+
+
 class Executor:
     """Runs a traced graph compactly under keep-masks, and a unit's candidates batched."""
 
     def __init__(self, graph: ChannelGraph, train_mode_leaves: tuple[type, ...] = ()):
         self.graph = graph
         self.model = graph.model
-        self.nodes: list[fx.Node] = list(graph.gm.graph.nodes)
         self.train_mode_leaves = train_mode_leaves
-        self.steps: dict[fx.Node, ConvStep] = {}
-        self.skip: set[fx.Node] = set()
-        self._build_steps()
-        self._cache: dict[str, tuple[bytes, Any]] = {}
-        self._resolved: dict[str, Any] = {}  # conv params under the current keep: no mask compare per forward
-        self._vector: torch.Tensor | None = None
+        self.steps = find_conv_steps(graph)
+        fused = {n for step in self.steps.values() for n in step.fused_nodes}
+        self.order: list[fx.Node] = [n for n in graph.gm.graph.nodes if n not in fused]
+        self.weights = CompactWeights(graph)
+        self._plans: dict[str, UnitPlan] = {}
 
-    # -- structure -------------------------------------------------------------------------------
-    def _module(self, node: fx.Node) -> nn.Module | None:
-        return self.model.get_submodule(node.target) if node.op == "call_module" else None
+    def set_keep(self, keep: Keep) -> None:
+        """Run under these keep-masks from now on (weights are re-gathered only where they changed)."""
+        self.weights.set_keep(keep)
 
-    def _build_steps(self) -> None:
-        for node in self.nodes:
-            conv = self._module(node)
-            if not isinstance(conv, nn.Conv2d):
-                continue
-            step = ConvStep(node, node, node.target, conv, None, None)
-            nxt = _single_user(node)
-            bn = self._module(nxt) if nxt is not None else None
-            if isinstance(bn, nn.BatchNorm2d) and nxt.args[0] is node and len(nxt.args) == 1 and bn.track_running_stats:
-                step.bn, step.bn_name, step.out_node = bn, nxt.target, nxt
-                step.fused_nodes.append(nxt)
-                nxt2 = _single_user(nxt)
-                act = self._module(nxt2) if nxt2 is not None else None
-                if act is not None and (type(act) in _FUSED_ACTS or isinstance(act, _ZERO_PRESERVING)):
-                    step.act, step.out_node = act, nxt2
-                    step.fused_nodes.append(nxt2)
-            self.steps[node] = step
-            self.skip.update(step.fused_nodes)
-
-    def suffix_of(self, unit_name: str) -> set[fx.Node]:
-        """Nodes whose value depends on the unit's producers (these run once per candidate)."""
-        unit = self.graph[unit_name]
-        return suffix_nodes(self.graph.gm, {r.module for r in (*unit.producers, *unit.depthwise)})
-
-    # -- compact weights ---------------------------------------------------------------------------
-    def set_keep(self, keep) -> None:
-        """Use these keep-masks for compact execution (weights are re-gathered lazily where they changed)."""
-        self._vector = self.graph.keep_vector(keep)
-        self._resolved = {}
-
-    def _keeps(self, name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        v = self._vector
-        out = v[self.graph.out_index[name]] if name in self.graph.out_index else None
-        inp = v[self.graph.in_index[name]] if name in self.graph.in_index else None
-        return out, inp
-
-    def _cached(self, key: str, masks: Sequence[torch.Tensor | None], build):
-        tag = b"|".join(b"-" if m is None else m.numpy().tobytes() for m in masks)
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] == tag:
-            return hit[1]
-        value = build()
-        self._cache[key] = (tag, value)
-        return value
-
-    def _conv_params(self, step: ConvStep, fold: bool):
-        """(weight, bias, groups, scale, shift) of a conv under the current keep."""
-        key = f"{step.conv_name}:{int(fold)}"
-        resolved = self._resolved.get(key)
-        if resolved is None:
-            resolved = self._resolved[key] = self._gather_conv(step, fold)
-        return resolved
-
-    def _gather_conv(self, step: ConvStep, fold: bool):
-        out_keep, in_keep = self._keeps(step.conv_name)
-        bn_keep = self._keeps(step.bn_name)[0] if step.bn_name is not None else None
-
-        def build():
-            conv = step.conv
-            w = conv.weight.detach()
-            b = conv.bias.detach() if conv.bias is not None else None
-            groups = conv.groups
-            kind = self.graph.modules[step.conv_name].kind if step.conv_name in self.graph.modules else None
-            ok = out_keep if out_keep is not None else None
-            if kind == "depthwise":
-                if ok is not None and not bool(ok.all()):
-                    idx = torch.nonzero(ok).flatten().to(w.device)
-                    w = w.index_select(0, idx)
-                    b = b.index_select(0, idx) if b is not None else None
-                    groups = idx.numel()
+    # -- the walk ----------------------------------------------------------------------------------
+    def _walk(
+        self,
+        nodes: Sequence[fx.Node],
+        run: _CompactPass,
+        inputs: Sequence[torch.Tensor] = (),
+        frees: dict[fx.Node, list[fx.Node]] | None = None,
+    ) -> Any:
+        """Execute ``nodes`` in order with ``run``; returns the model output if the output node is among them."""
+        placeholders = iter(inputs)
+        for node in nodes:
+            if node.op == "placeholder":
+                run.env[node] = next(placeholders)
+            elif node.op == "output":
+                return _map(node.args[0], run.read)
+            elif node in self.steps:
+                step = self.steps[node]
+                run.env[step.out_node] = run.conv(step)
             else:
-                if ok is not None and not bool(ok.all()):
-                    idx = torch.nonzero(ok).flatten().to(w.device)
-                    w = w.index_select(0, idx)
-                    b = b.index_select(0, idx) if b is not None else None
-                if in_keep is not None and not bool(in_keep.all()):
-                    if groups != 1:
-                        raise PagcpError(f"{step.conv_name}: input channels of a grouped conv cannot be pruned")
-                    w = w.index_select(1, torch.nonzero(in_keep).flatten().to(w.device))
-            scale = shift = None
-            if step.bn is not None:
-                bn = step.bn
-                scale = (bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)) / torch.sqrt(
-                    bn.running_var + bn.eps
-                )
-                shift = (bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)) - (
-                    bn.running_mean * scale
-                )
-                bk = bn_keep if bn_keep is not None else ok
-                if bk is not None and not bool(bk.all()):
-                    idx = torch.nonzero(bk).flatten().to(w.device)
-                    scale, shift = scale.index_select(0, idx), shift.index_select(0, idx)
-                if b is not None:  # conv bias before BN
-                    shift = shift + b * scale
-                    b = None
-            elif b is not None:
-                scale, shift = torch.ones_like(b), b
-            if fold and scale is not None:
-                return (w * scale.view(-1, 1, 1, 1)).contiguous(), shift.contiguous(), groups, None, None
-            return w.contiguous(), None, groups, scale, shift
+                run.env[node] = run.finish(node, self._generic(node, run.read))
+            for dead in frees.get(node, ()) if frees else ():
+                run.env.pop(dead, None)
+        return None
 
-        return self._cached(f"{step.conv_name}:{int(fold)}", (out_keep, in_keep, bn_keep), build)
+    @torch.no_grad()
+    def run(self, inputs: Sequence[torch.Tensor]) -> Any:
+        """The whole network, compact under the current keep."""
+        out = self._walk(self.order, _CompactPass(self), inputs)
+        if out is None:
+            raise PagcpError("executor: the graph has no output node")
+        return out
 
-    def _conv(self, step: ConvStep, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, groups: int):
+    @torch.no_grad()
+    def prefix(self, inputs: Sequence[torch.Tensor], unit: str) -> dict[fx.Node, Any]:
+        """The prefix values that ``unit``'s suffix reads (computed compact, N rows): the cache of its candidates."""
+        plan = self.plan(unit)
+        run = _CompactPass(self)
+        self._walk(plan.prefix, run, inputs, plan.frees)
+        return {n: run.env[n] for n in plan.frontier if n in run.env}
+
+    @torch.no_grad()
+    def run_candidates(self, unit: str, cached: dict[fx.Node, Any], candidates: Sequence[torch.Tensor]) -> Any:
+        """The suffix of ``unit`` for R candidate keep-masks of it (each over the unit's full size) from the
+        values :meth:`prefix` returned; the result has R·N rows, candidate-major."""
+        u = self.graph[unit]
+        masks = torch.stack([torch.as_tensor(c, dtype=torch.bool) for c in candidates])
+        alive = self.weights.keep[unit]
+        if bool((masks & ~alive).any()):
+            raise PagcpError(f"candidates of {unit} keep channels that are already pruned")
+        out = self._walk(self.plan(unit).suffix, _CandidatePass(self, u, cached, masks))
+        if out is None:
+            raise PagcpError("executor: the graph has no output node")
+        return out
+
+    def plan(self, unit: str) -> UnitPlan:
+        """The prefix/suffix cut of the walk at ``unit`` (built once per unit)."""
+        if unit not in self._plans:
+            u = self.graph[unit]
+            downstream = suffix_nodes(self.graph.gm, {r.module for r in (*u.producers, *u.depthwise)})
+            prefix = [n for n in self.order if n not in downstream and n.op != "output"]
+            suffix = [n for n in self.order if n in downstream or n.op == "output"]
+            frontier = list(
+                dict.fromkeys(a for n in suffix for a in _nodes_in((n.args, n.kwargs)) if a not in downstream)
+            )
+            kept = set(frontier)
+            last_use: dict[fx.Node, fx.Node] = {}
+            for node in prefix:
+                for a in _nodes_in((node.args, node.kwargs)):
+                    last_use[a] = node
+            frees: dict[fx.Node, list[fx.Node]] = {}
+            for value, node in last_use.items():
+                if value not in kept:
+                    frees.setdefault(node, []).append(value)
+            self._plans[unit] = UnitPlan(prefix, suffix, frontier, frees)
+        return self._plans[unit]
+
+    # -- conv steps --------------------------------------------------------------------------------
+    def compact_conv(self, step: ConvStep, x: torch.Tensor) -> torch.Tensor:
+        """Folded conv + bias, then the step's activation."""
+        p = self.weights.conv(step, fold=True)
         c = step.conv
-        return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, groups)
+        y = F.conv2d(x, p.weight, p.bias, c.stride, c.padding, c.dilation, p.groups)
+        if step.act is None:
+            return y
+        if step.act_kind == "silu":
+            return F.silu(y, inplace=True)
+        if step.act_kind == "relu":
+            return F.relu(y, inplace=True)
+        return step.act_after(y) if step.act_after is not None else y
 
-    def _run_step(self, step: ConvStep, x: torch.Tensor) -> torch.Tensor:
-        w, b, groups, _, _ = self._conv_params(step, fold=True)
-        y = self._conv(step, x, w, b, groups)
-        if step.act is not None:
-            kind = step.act_kind
-            if kind == "silu":
-                y = F.silu(y, inplace=True)
-            elif kind == "relu":
-                y = F.relu(y, inplace=True)
-            elif step.act_after is not None:
-                y = step.act_after(y)
-        return y
-
-    def _run_masked_step(self, step: ConvStep, x: torch.Tensor, rows_mask: torch.Tensor, expand: bool) -> torch.Tensor:
-        """Conv, then BN + activation + per-candidate mask (R x C_out compact) in one kernel."""
-        w, _, groups, scale, shift = self._conv_params(step, fold=False)
-        y = self._conv(step, x, w, None, groups)
+    def masked_conv(self, step: ConvStep, x: torch.Tensor, rows: torch.Tensor, expand: bool) -> torch.Tensor:
+        """Conv, then BN + activation + per-candidate mask (``rows``: R x compact C_out) in one kernel."""
+        p = self.weights.conv(step, fold=False)
+        c = step.conv
+        y = F.conv2d(x, p.weight, None, c.stride, c.padding, c.dilation, p.groups)
+        scale, shift = p.scale, p.shift
         if scale is None:
             scale = torch.ones(y.shape[1], device=y.device)
             shift = torch.zeros(y.shape[1], device=y.device)
         act = step.act_kind if step.act_after is None else "identity"
         fn = masked_bn_act if expand else masked_bn_act_rows
-        y = fn(y, scale, shift, rows_mask.to(y.device), act=act)
+        y = fn(y, scale, shift, rows.to(y.device), act=act)
         return step.act_after(y) if step.act_after is not None else y
 
-    # -- generic nodes -----------------------------------------------------------------------------
-    def _call_module(self, node: fx.Node, module: nn.Module, args, kwargs):
-        name = node.target
+    def candidate_rows(self, ref, candidates: torch.Tensor) -> torch.Tensor:
+        """R x (kept output channels of ``ref.module``) float masks: the module's channels under each candidate."""
+        out_keep = self.weights.module_keep(ref.module)[0]
+        full = torch.ones(candidates.shape[0], out_keep.numel(), dtype=torch.float32)
+        full[:, ref.positions] = candidates[:, ref.unit_index].float()
+        return full[:, out_keep]
+
+    # -- other nodes -------------------------------------------------------------------------------
+    def _generic(self, node: fx.Node, read) -> Any:
+        args = _map(node.args, read)
+        kwargs = _map(node.kwargs, read)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        if node.op == "call_module":
+            return self._call_module(node.target, self.model.get_submodule(node.target), args, kwargs)
+        if node.op == "get_attr":
+            obj = self.model
+            for part in node.target.split("."):
+                obj = getattr(obj, part)
+            return obj
+        raise PagcpError(f"executor: unsupported node {node.op} {node.target}")
+
+    def _call_module(self, name: str, module: nn.Module, args, kwargs) -> Any:
         if isinstance(module, nn.BatchNorm2d):
-            keep = self._keeps(name)[0]
-            mean, var, weight, bias = module.running_mean, module.running_var, module.weight, module.bias
-            if keep is not None and not bool(keep.all()):
-                idx = torch.nonzero(keep).flatten().to(mean.device)
-                mean, var = mean[idx], var[idx]
-                weight = weight[idx] if weight is not None else None
-                bias = bias[idx] if bias is not None else None
+            mean, var, weight, bias = self.weights.norm(name, module)
             return F.batch_norm(args[0], mean, var, weight, bias, False, 0.0, module.eps)
         if isinstance(module, nn.Linear):
-            keep = self._keeps(name)[1]
-            w = module.weight
-            if keep is not None and not bool(keep.all()):
-                w = w[:, torch.nonzero(keep).flatten().to(w.device)]
-            return F.linear(args[0], w, module.bias)
-        overrides = self._leaf_overrides(name, module)
+            return F.linear(args[0], self.weights.linear(name, module), module.bias)
+        overrides = self.weights.leaf_overrides(name, module)
         train_mode = isinstance(module, self.train_mode_leaves) and not module.training
         if train_mode:
             module.training = True
@@ -259,147 +291,3 @@ class Executor:
         finally:
             if train_mode:
                 module.training = False
-
-    def _leaf_overrides(self, name: str, module: nn.Module) -> dict[str, torch.Tensor]:
-        overrides = {}
-        prefix = name + "."
-        for sub_name, sub in module.named_modules():
-            full = prefix + sub_name if sub_name else name
-            if full == name or full not in self.graph.modules:
-                continue
-            _, in_keep = self._keeps(full)
-            if in_keep is not None and not bool(in_keep.all()) and isinstance(sub, (nn.Conv2d, nn.Linear)):
-                idx = torch.nonzero(in_keep).flatten().to(sub.weight.device)
-                overrides[f"{sub_name}.weight"] = sub.weight.detach().index_select(1, idx)
-        return overrides
-
-    def _generic(self, node: fx.Node, env: dict[fx.Node, Any], fetch) -> Any:
-        args = _map(node.args, fetch)
-        kwargs = _map(node.kwargs, fetch)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        if node.op == "call_module":
-            return self._call_module(node, self._module(node), args, kwargs)
-        if node.op == "get_attr":
-            obj = self.model
-            for part in node.target.split("."):
-                obj = getattr(obj, part)
-            return obj
-        raise PagcpError(f"executor: unsupported node {node.op} {node.target}")
-
-    # -- running -----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def run(self, inputs: Sequence[torch.Tensor]) -> Any:
-        """The whole network, compact under the current keep."""
-        env: dict[fx.Node, Any] = {}
-        placeholders = iter(inputs)
-        for node in self.nodes:
-            if node in self.skip:
-                continue
-            if node.op == "placeholder":
-                env[node] = next(placeholders)
-            elif node.op == "output":
-                return _map(node.args[0], env.__getitem__)
-            elif node in self.steps:
-                step = self.steps[node]
-                env[step.out_node] = self._run_step(step, env[node.args[0]])
-            else:
-                env[node] = self._generic(node, env, env.__getitem__)
-        raise PagcpError("executor: the graph has no output node")
-
-    @torch.no_grad()
-    def prefix(self, inputs: Sequence[torch.Tensor], suffix: set[fx.Node]) -> dict[fx.Node, Any]:
-        """Values of the prefix nodes that suffix nodes read (computed compact, N rows)."""
-        env: dict[fx.Node, Any] = {}
-        placeholders = iter(inputs)
-        needed = {a for n in suffix for a in _nodes_in((n.args, n.kwargs)) if a not in suffix}
-        last_use: dict[fx.Node, int] = {}
-        for i, node in enumerate(self.nodes):
-            for a in _nodes_in((node.args, node.kwargs)):
-                last_use[a] = i
-        for i, node in enumerate(self.nodes):
-            if node in suffix or node in self.skip or node.op == "output":
-                continue
-            if node.op == "placeholder":
-                env[node] = next(placeholders)
-            elif node in self.steps:
-                step = self.steps[node]
-                env[step.out_node] = self._run_step(step, env[node.args[0]])
-            else:
-                env[node] = self._generic(node, env, env.__getitem__)
-            for a in _nodes_in((node.args, node.kwargs)):  # free what no later prefix node or suffix needs
-                if a not in needed and last_use.get(a, -1) <= i and a in env:
-                    del env[a]
-        return {n: env[n] for n in needed if n in env}
-
-    @torch.no_grad()
-    def run_candidates(
-        self, unit_name: str, suffix: set[fx.Node], cached: dict[fx.Node, Any], candidates: Sequence[torch.Tensor]
-    ) -> Any:
-        """The suffix for R candidate keep-masks of ``unit_name`` (each over the unit's full size); the
-        result has R·N rows, candidate-major."""
-        unit = self.graph[unit_name]
-        R = len(candidates)
-        alive = self._vector[unit.offset : unit.offset + unit.size]
-        cand = torch.stack([c.to(torch.bool) for c in candidates])  # R x size
-        row_masks: dict[str, torch.Tensor] = {}
-        for ref in (*unit.producers, *unit.depthwise):
-            out_keep = self._keeps(ref.module)[0]
-            c_full = out_keep.numel()
-            full = torch.ones(R, c_full, dtype=torch.float32)
-            full[:, ref.positions] = cand[:, ref.unit_index].float()
-            row_masks[ref.module] = full[:, out_keep] if out_keep is not None else full
-        if bool((cand & ~alive).any()):
-            raise PagcpError(f"candidates of {unit_name} keep channels that are already pruned")
-        env: dict[fx.Node, Any] = dict(cached)
-        expanded: set[fx.Node] = set()
-        repeated: dict[fx.Node, Any] = {}
-
-        def fetch(n: fx.Node):  # prefix values (N rows) are repeated once to R·N rows
-            if n in expanded:
-                return env[n]
-            if n not in repeated:
-                repeated[n] = _map_tensors(env[n], lambda t: t.repeat(R, *([1] * (t.dim() - 1))))
-            return repeated[n]
-
-        for node in self.nodes:
-            if node.op == "output":
-                return _map(node.args[0], fetch)
-            if node not in suffix or node in self.skip:
-                continue
-            if node in self.steps:
-                step = self.steps[node]
-                x_node = node.args[0]
-                if step.conv_name in row_masks:
-                    expand = x_node not in expanded
-                    env[step.out_node] = self._run_masked_step(step, env[x_node], row_masks[step.conv_name], expand)
-                else:
-                    env[step.out_node] = self._run_step(step, fetch(x_node))
-                expanded.add(step.out_node)
-            else:
-                env[node] = self._generic(node, env, fetch)
-                if node.op == "call_module" and isinstance(self._module(node), nn.BatchNorm2d):
-                    env[node] = self._remask_norm(node, env[node], unit, cand)
-                expanded.add(node)
-        raise PagcpError("executor: the graph has no output node")
-
-    def _remask_norm(self, node: fx.Node, value: torch.Tensor, unit, cand: torch.Tensor) -> torch.Tensor:
-        ref = next((r for r in unit.norms if r.module == node.target), None)
-        if ref is None:
-            return value
-        out_keep = self._keeps(node.target)[0]
-        full = torch.ones(cand.shape[0], out_keep.numel(), dtype=value.dtype)
-        full[:, ref.positions] = cand[:, ref.unit_index].to(value.dtype)
-        mask = full[:, out_keep].to(value.device)
-        R, N = cand.shape[0], value.shape[0] // cand.shape[0]
-        return (value.view(R, N, *value.shape[1:]) * mask.view(R, 1, -1, *([1] * (value.dim() - 2)))).view_as(value)
-
-
-def _map_tensors(value: Any, fn) -> Any:
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map_tensors(v, fn) for v in value)
-    return value

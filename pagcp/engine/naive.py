@@ -2,19 +2,23 @@
 
 For every candidate it copies the model, slices the channels out physically (``graph.slice``) and runs
 the whole subset through the copy; saliency is read off the sliced copy's weights with plain PyTorch.
-It implements the decision rule of docs/algorithm.md independently of :mod:`pagcp.engine.search`, with no prefix
-cache, no batching of candidates, no early rejection and no reuse of any evaluation.
+It implements the decision rule of ``docs/algorithm.md`` on its own: it shares no code with the search it
+checks (its own λ, scope, selection, order and topk), and has no prefix cache, no batching of candidates,
+no early rejection and no reuse of any evaluation. It only relies on the channel graph for slicing and
+FLOPs counting.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from pagcp.engine.oracle import Batch, TaskLoss
-from pagcp.engine.rule import scope_units, solve_lambda
 from pagcp.engine.settings import PruneSettings
 from pagcp.graph import ChannelGraph, Keep
 
@@ -43,15 +47,57 @@ class NaiveOracle:
         return total
 
 
+def naive_lambda(rate: float, bound: float, n: int) -> float:
+    """λ with ∏_{i<n} (1 + rate·λ^i) = bound, by Newton's method on the log-product, kept inside a bracket."""
+    if n <= 0:
+        return 1.0
+    target = math.log(bound)
+
+    def f(lam: float) -> tuple[float, float]:
+        value = sum(math.log1p(rate * lam**i) for i in range(n)) - target
+        slope = sum(i * rate * lam ** (i - 1) / (1 + rate * lam**i) for i in range(1, n))
+        return value, slope
+
+    if f(0.0)[0] > 0:
+        raise ValueError(f"no λ >= 0 reaches the bound {bound} with rate {rate}")
+    lo, hi = 0.0, 1.0
+    while f(hi)[0] < 0:
+        lo, hi = hi, 2 * hi
+    lam = hi
+    for _ in range(100):
+        value, slope = f(lam)
+        if value < 0:
+            lo = lam
+        else:
+            hi = lam
+        step = lam - value / slope if slope > 0 else None
+        lam = step if step is not None and lo < step < hi else (lo + hi) / 2
+        if hi - lo < 1e-16 or abs(value) < 1e-16:
+            break
+    return lam
+
+
+def naive_scope(graph: ChannelGraph, settings: PruneSettings) -> list[str]:
+    """The units to visit: the named ones, else every unit of 2+ channels (backbone: of layers 0..9)."""
+    if settings.units is not None:
+        return list(settings.units)
+    chosen = []
+    for unit in graph.units:
+        match = re.match(r"model\.(\d+)(\.|$)", unit.members[0])
+        in_backbone = match is not None and int(match.group(1)) < settings.backbone_layers
+        if unit.size >= 2 and (settings.compression == "global" or in_backbone):
+            chosen.append(unit.name)
+    return chosen
+
+
 def naive_scores(graph: ChannelGraph, keep: Keep, unit_name: str, criterion: str = "l1") -> torch.Tensor:
     """Saliency of a unit's channels read off a sliced copy: per member, mean |w| (or RMS w) per filter."""
     sliced = graph.slice(keep)
     unit = graph[unit_name]
-    vector = graph.keep_vector(keep)
     scores = torch.zeros(unit.size, dtype=torch.float64)
     for ref in (*unit.producers, *unit.depthwise):
         weight = sliced.get_submodule(ref.module).weight.detach().double()
-        out_keep = vector[graph.out_index[ref.module]]
+        out_keep = graph.module_keep(keep, ref.module)[0]
         row_of = torch.cumsum(out_keep.long(), 0) - 1  # full out position -> row in the sliced conv
         flat = weight.flatten(1)
         per_filter = flat.abs().mean(1) if criterion == "l1" else flat.pow(2).mean(1).sqrt()
@@ -71,6 +117,71 @@ def _select(scores: torch.Tensor, keep: torch.Tensor, ratio: float) -> torch.Ten
     return new
 
 
+def _with(keep: Keep, unit: str, mask: torch.Tensor) -> Keep:
+    trial = keep.copy()
+    trial[unit] = mask
+    return trial
+
+
+@dataclass
+class _Rule:
+    """The running values of the rule: threshold, λ, base and current losses, the masks."""
+
+    keep: Keep
+    thres: float
+    lam: float
+    base: torch.Tensor
+    current: torch.Tensor
+
+
+def _visit(graph, oracle, rule: _Rule, unit: str, tasks, s: PruneSettings, img_size) -> dict[str, Any]:
+    """All ratios of one unit, one full evaluation each, until one trips; then accept the last good one."""
+    keep = rule.keep
+    scores = naive_scores(graph, keep, unit, s.saliency)
+    last, last_losses, last_mask, tripped, at_90 = None, None, None, None, None
+    for i, r in enumerate(s.ratios):
+        mask = _select(scores, keep[unit], r)
+        losses = oracle.losses(_with(keep, unit, mask))
+        if i == len(s.ratios) - 2:
+            at_90 = (r, mask, losses)
+        rel = losses / rule.base
+        if float(rel.max()) > 1 + rule.thres:
+            over = [t for t in range(len(tasks)) if float(rel[t]) > 1 + rule.thres]
+            tripped = tasks[max(over, key=lambda t: float(rel[t]))]
+            break
+        last, last_losses, last_mask = r, losses, mask
+    d = {"name": unit, "ratio": 0.0, "tripped_task": tripped, "losses_start": rule.current.tolist(),
+         "losses_accepted": None, "flops_removed": 0, "channels_before": int(keep[unit].sum())}  # fmt: skip
+    if last is None:
+        return d
+    if tripped is None and s.compat == "reference":  # unpruned now, pruned at 0.90 at the end
+        r90, m90, l90 = at_90
+        removed = graph.flops(keep, img_size) - graph.flops(_with(keep, unit, m90), img_size)
+        d.update(ratio=r90, losses_accepted=l90.tolist(), flops_removed=removed)
+        return d
+    new = _with(keep, unit, last_mask)
+    d.update(ratio=last, losses_accepted=last_losses.tolist(),
+             flops_removed=graph.flops(keep, img_size) - graph.flops(new, img_size))  # fmt: skip
+    rule.keep, rule.thres = new, rule.thres * rule.lam
+    rule.base, rule.current = torch.maximum(rule.base, last_losses), last_losses
+    return d
+
+
+def _topk(graph: ChannelGraph, decisions: list[dict[str, Any]], n_units: int, s: PruneSettings) -> Keep:
+    """Mark the int(n_units * topk) most loss-efficient pruned units selected; prune them from scratch."""
+    candidates = [d for d in decisions if d["ratio"] > 0 and d["flops_removed"] > 0]
+    for d in candidates:
+        d["efficiency"] = (sum(d["losses_accepted"]) - sum(d["losses_start"])) / d["flops_removed"]
+    chosen = {d["name"] for d in sorted(candidates, key=lambda d: d["efficiency"])[: int(n_units * s.topk)]}
+    final = graph.full_keep()
+    for d in decisions:
+        d["selected"] = d["name"] in chosen
+        if d["selected"]:
+            final[d["name"]] = _select(naive_scores(graph, final, d["name"], s.saliency), final[d["name"]], d["ratio"])
+        d["channels_after"] = int(final[d["name"]].sum())
+    return final
+
+
 def naive_prune(
     graph: ChannelGraph,
     batches: Sequence[Batch],
@@ -81,93 +192,23 @@ def naive_prune(
     train_mode_leaves: tuple[type, ...] = (),
 ) -> dict[str, Any]:
     """One round of PAGCP, straightforwardly. Returns ``keep`` (final masks), ``decisions`` (search order,
-    with ``ratio`` and ``selected``), ``order``, ``lambda`` and ``evaluations``."""
+    with ``ratio`` and ``selected``), ``order``, ``lambda``, ``evaluations`` and ``base``."""
     s = settings
     oracle = NaiveOracle(graph, batches, loss_fn, train_mode_leaves)
     keep = graph.full_keep()
-    units = scope_units(graph, s)
-    rate, bound = s.rate_and_bound(s.round)
-    lam = solve_lambda(rate, bound, len(units)) if s.exp else 1.0
+    units = naive_scope(graph, s)
+    rate = s.initial_rate + s.rate_slope * s.round
+    lam = naive_lambda(rate, s.initial_thres + s.thres_slope * s.round, len(units)) if s.exp else 1.0
     full = graph.flops(keep, img_size)
-    removed = {}
-    for u in units:
-        trial = dict(keep)
-        trial[u] = _select(naive_scores(graph, keep, u, "l1"), keep[u], 0.3)
-        removed[u] = full - graph.flops(trial, img_size)
+    removed = {u: full - graph.flops(_with(keep, u, _select(naive_scores(graph, keep, u), keep[u], 0.3)), img_size)
+               for u in units}  # fmt: skip
     order = sorted(units, key=lambda u: -removed[u] if lam <= 1 else removed[u])
-
     base = oracle.losses(keep)
-    base_start = base.clone()
-    current = base.clone()
-    thres = rate
-    decisions = []
-    for u in order:
-        scores = naive_scores(graph, keep, u, s.saliency)
-        last, last_losses, last_mask, tripped, at_90 = None, None, None, None, None
-        for i, r in enumerate(s.ratios):
-            mask = _select(scores, keep[u], r)
-            trial = dict(keep)
-            trial[u] = mask
-            losses = oracle.losses(trial)
-            if i == len(s.ratios) - 2:
-                at_90 = (r, mask, losses)
-            rel = losses / base
-            if float(rel.max()) > 1 + thres:
-                over = [t for t in range(len(tasks)) if float(rel[t]) > 1 + thres]
-                tripped = tasks[max(over, key=lambda t: float(rel[t]))]
-                break
-            last, last_losses, last_mask = r, losses, mask
-        d = {
-            "name": u,
-            "ratio": 0.0,
-            "tripped_task": tripped,
-            "losses_start": current.tolist(),
-            "losses_accepted": None,
-            "flops_removed": 0,
-            "channels_before": int(keep[u].sum()),
-        }
-        if last is not None:
-            if tripped is None and s.compat == "reference":  # unpruned now, pruned at 0.90 at the end
-                r90, m90, l90 = at_90
-                trial = dict(keep)
-                trial[u] = m90
-                d.update(
-                    ratio=r90,
-                    losses_accepted=l90.tolist(),
-                    flops_removed=graph.flops(keep, img_size) - graph.flops(trial, img_size),
-                )
-            else:
-                new = dict(keep)
-                new[u] = last_mask
-                d.update(
-                    ratio=last,
-                    losses_accepted=last_losses.tolist(),
-                    flops_removed=graph.flops(keep, img_size) - graph.flops(new, img_size),
-                )
-                keep = new
-                thres *= lam
-                base = torch.maximum(base, last_losses)
-                current = last_losses
-        decisions.append(d)
-
-    candidates = [d for d in decisions if d["ratio"] > 0 and d["flops_removed"] > 0]
-    for d in candidates:
-        d["efficiency"] = (sum(d["losses_accepted"]) - sum(d["losses_start"])) / d["flops_removed"]
-    chosen = {d["name"] for d in sorted(candidates, key=lambda d: d["efficiency"])[: int(len(order) * s.topk)]}
-    final = graph.full_keep()
-    for d in decisions:
-        d["selected"] = d["name"] in chosen
-        if d["selected"]:
-            final[d["name"]] = _select(naive_scores(graph, final, d["name"], s.saliency), final[d["name"]], d["ratio"])
-        d["channels_after"] = int(final[d["name"]].sum())
-    return {
-        "keep": final,
-        "decisions": decisions,
-        "order": order,
-        "lambda": lam,
-        "evaluations": oracle.evaluations,
-        "base": base_start.tolist(),
-    }
+    rule = _Rule(keep, rate, lam, base.clone(), base.clone())
+    decisions = [_visit(graph, oracle, rule, u, list(tasks), s, img_size) for u in order]
+    final = _topk(graph, decisions, len(order), s)
+    return {"keep": final, "decisions": decisions, "order": order, "lambda": lam,
+            "evaluations": oracle.evaluations, "base": base.tolist()}  # fmt: skip
 
 
-__all__ = ["NaiveOracle", "naive_prune", "naive_scores"]
+__all__ = ["NaiveOracle", "naive_lambda", "naive_prune", "naive_scope", "naive_scores"]

@@ -124,18 +124,18 @@ class SubsetOracle:
             )
         return value * rows
 
-    def _run_candidates(self, unit: str, suffix, cached, masks: list[torch.Tensor]) -> Any:
+    def _run_candidates(self, unit: str, cached: dict[fx.Node, Any], masks: list[torch.Tensor]) -> Any:
         """The candidates in one pass; on a device out of memory, in halves (outputs joined candidate-major)."""
         try:
-            return self.executor.run_candidates(unit, suffix, cached, masks)
+            return self.executor.run_candidates(unit, cached, masks)
         except torch.OutOfMemoryError:
             if len(masks) == 1:
                 raise
             half = len(masks) // 2
             log.info("out of device memory with %d candidates at once; splitting", len(masks))
             self.chunk = max(1, half)
-            first = self._run_candidates(unit, suffix, cached, masks[:half])
-            second = self._run_candidates(unit, suffix, cached, masks[half:])
+            first = self._run_candidates(unit, cached, masks[:half])
+            second = self._run_candidates(unit, cached, masks[half:])
             return _join(first, second)
 
     def losses(self, keep: Keep) -> torch.Tensor:
@@ -153,7 +153,6 @@ class SubsetOracle:
         """Candidates of ``unit`` in order, up to and including the first whose losses exceed ``bound``."""
         ex = self.executor
         ex.set_keep(keep)
-        suffix = ex.suffix_of(unit)
         prefix_cache: dict[int, dict[fx.Node, Any]] = {}
         keep_cache = True
         results: list[Evaluation] = []
@@ -168,13 +167,13 @@ class SubsetOracle:
             for b, (inputs, targets) in enumerate(self.batches):
                 cached = prefix_cache.get(b)
                 if cached is None:
-                    cached = ex.prefix([inputs], suffix)
+                    cached = ex.prefix([inputs], unit)
                     if keep_cache:
                         prefix_cache[b] = cached
                         if b == 0 and _nbytes(cached) * len(self.batches) > self.cache_bytes:
                             keep_cache = False
                             prefix_cache.clear()
-                out = self._run_candidates(unit, suffix, cached, [chunk[i] for i in active])
+                out = self._run_candidates(unit, cached, [chunk[i] for i in active])
                 n = inputs.shape[0]
                 for k, i in enumerate(active):
                     sums[i] += self._batch_losses(_take(out, k * n, (k + 1) * n), targets, n)

@@ -29,7 +29,7 @@ def unit_scores(
     """Saliency of every channel of each named unit (float32, CPU), on the network pruned by ``keep``."""
     if criterion not in CRITERIA:
         raise ConfigError(f"saliency criterion {criterion!r} is not known; use one of {', '.join(CRITERIA)}")
-    vector = graph.keep_vector(keep)
+    keep = graph.keep(keep)
     weights, masks, refs = [], [], []
     for name in units:
         unit = graph[name]
@@ -37,7 +37,7 @@ def unit_scores(
             conv = graph.model.get_submodule(ref.module)
             weights.append(conv.weight.detach())
             depthwise = ref in unit.depthwise
-            masks.append(None if depthwise else vector[graph.in_index[ref.module]].to(conv.weight.device))
+            masks.append(None if depthwise else graph.module_keep(keep, ref.module)[1].to(conv.weight.device))
             refs.append((name, ref))
     p = 1 if criterion == "l1" else 2
     values = filter_saliency(weights, masks, p=p, reduce="mean", backend=backend) if weights else []

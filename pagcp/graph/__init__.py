@@ -1,13 +1,14 @@
 """The channel graph: trace a CNN once, find its pruning units, count, mask and slice from keep-masks.
 
 trace (:mod:`.trace`) -> shapes (:mod:`.shapes`) -> channel couplings (:mod:`.channels`) -> pruning units and
-the :data:`Keep` type (:mod:`.units`) -> analytic FLOPs/params (:mod:`.counts`); masked execution
+the :class:`Keep` type (:mod:`.keep`) -> analytic FLOPs/params (:mod:`.counts`); masked execution
 (:mod:`.masks`), physical slicing (:mod:`.slicing`) and prefix/suffix cuts (:mod:`.split`) of the same graph.
 :class:`ChannelGraph` (:mod:`.channel_graph`) ties them together.
 """
 
 from pagcp.graph.channel_graph import ChannelGraph
+from pagcp.graph.keep import Keep, KeepLayout
 from pagcp.graph.trace import trace
-from pagcp.graph.units import ChannelRef, Keep, Unit, keep_from_pruned, keep_to_pruned
+from pagcp.graph.units import ChannelRef, Unit
 
-__all__ = ["ChannelGraph", "ChannelRef", "Keep", "Unit", "keep_from_pruned", "keep_to_pruned", "trace"]
+__all__ = ["ChannelGraph", "ChannelRef", "Keep", "KeepLayout", "Unit", "trace"]

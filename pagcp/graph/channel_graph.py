@@ -2,20 +2,20 @@
 
 Built by :func:`pagcp.graph.trace.trace`: shapes are propagated (:mod:`pagcp.graph.shapes`), channel
 couplings discovered (:mod:`pagcp.graph.channels`) and grouped into pruning units (:mod:`pagcp.graph.units`).
-Pruning state is a :data:`~pagcp.graph.units.Keep`: unit name -> bool tensor of the unit's size; missing
-units keep every channel.
+Pruning state is a :class:`~pagcp.graph.keep.Keep` (``graph.full_keep()``, ``graph.keep({unit: mask})``):
+one bool vector over every unit's channels, read per unit as ``keep[name]``.
 
 - ``print(graph)``: each unit, its size, members and consumers (with input offsets).
 - ``graph.flops(keep, img_size)`` / ``graph.params(keep)``: analytic counts equal to
   ``pagcp.model_stats`` of ``graph.slice(keep)``.
 - ``with graph.masked(keep): model(x)``: the same model objects run as if pruned (pagcp.graph.masks).
 - ``graph.slice(keep)``: a new, physically smaller model (pagcp.graph.slicing).
-- ``graph.split_at(unit)``: prefix/suffix GraphModules for caching upstream activations (graph_split).
+- ``graph.split_at(unit)``: prefix/suffix GraphModules for caching upstream activations (pagcp.graph.split).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 
 import torch
@@ -24,11 +24,15 @@ from torch import fx, nn
 from pagcp.errors import ConfigError, PagcpError
 from pagcp.graph.channels import ChannelAnalysis, ModuleChannels, detect_like_consumers
 from pagcp.graph.counts import Counter
+from pagcp.graph.keep import Keep, KeepLayout, PrunePlan
 from pagcp.graph.masks import masked
 from pagcp.graph.shapes import ConvCall, propagate_shapes
 from pagcp.graph.slicing import slice_model
 from pagcp.graph.split import Split, split_at
-from pagcp.graph.units import Keep, Unit, build_units, display_name
+from pagcp.graph.units import Unit, build_units, display_name
+
+#: What the graph's methods accept as pruning decisions: a Keep of this graph, ``{unit: mask}``, or None (all)
+KeepLike = Keep | Mapping[str, torch.Tensor] | None
 
 
 class ChannelGraph:
@@ -59,7 +63,7 @@ class ChannelGraph:
         self.in_index: dict[str, torch.Tensor] = table.in_index
         self._counter = Counter(model, self.modules, self.out_index, self.in_index)
         self._by_name = {u.name: u for u in self.units}
-        self._size = 1 + sum(u.size for u in self.units)
+        self.layout = KeepLayout({u.name: (u.offset, u.size) for u in self.units})
         self.nodes: list[fx.Node] = list(gm.graph.nodes)
         self._splits: dict[str, Split] = {}
 
@@ -94,32 +98,40 @@ class ChannelGraph:
 
     # -- keep-masks ----------------------------------------------------------------------------
     def full_keep(self) -> Keep:
-        """All channels kept: unit name -> all-True bool tensor."""
-        return {u.name: torch.ones(u.size, dtype=torch.bool) for u in self.units}
+        """Every channel kept."""
+        return Keep(self.layout)
 
-    def keep_vector(self, keep: Keep | None) -> torch.Tensor:
-        """The global keep vector (index 0 = channels outside any unit, always kept).
+    def keep(self, keep: KeepLike = None) -> Keep:
+        """``keep`` as a checked :class:`Keep` of this graph: a Keep of this graph is returned as is, a
+        ``{unit: mask}`` mapping is converted (units not named keep every channel), None keeps everything.
 
-        Units missing from ``keep`` keep every channel; each unit must keep at least one channel.
+        Raises ConfigError naming the unit when a mask has the wrong size or prunes every channel.
         """
-        vector = torch.ones(self._size, dtype=torch.bool)
-        for name, mask in (keep or {}).items():
-            unit = self[name]
-            mask = torch.as_tensor(mask, dtype=torch.bool).flatten().cpu()
-            if mask.numel() != unit.size:
-                raise ConfigError(f"keep[{name!r}] has {mask.numel()} entries; the unit has {unit.size} channels")
-            if not bool(mask.any()):
-                raise ConfigError(f"keep[{name!r}] prunes every channel; keep at least one")
-            vector[unit.offset : unit.offset + unit.size] = mask
-        return vector
+        if keep is None:
+            return Keep(self.layout)
+        if isinstance(keep, Keep):
+            if keep.layout is not self.layout:
+                raise ConfigError("this Keep belongs to another graph; build it with this graph's full_keep()")
+            return keep.check()
+        for name in keep:
+            self[name]  # raises naming the unknown unit
+        return Keep.from_masks(self.layout, keep)
 
-    def module_keep(self, keep: Keep | None) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
-        """Prunable modules touched by ``keep``: name -> (output keep, input keep); None = all kept."""
-        vector = self.keep_vector(keep)
+    def module_keep(self, keep: KeepLike, name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(output keep, input keep) of the prunable module ``name``; None where its channels are never pruned."""
+        return self._module_keep(self.keep(keep).vector, name)
+
+    def _module_keep(self, vector: torch.Tensor, name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        out = vector[self.out_index[name]] if name in self.out_index else None
+        inp = vector[self.in_index[name]] if name in self.in_index else None
+        return out, inp
+
+    def pruned_modules(self, keep: KeepLike) -> PrunePlan:
+        """Prunable modules that lose a channel under ``keep``: name -> (output keep, input keep), None = all kept."""
+        vector = self.keep(keep).vector
         plan: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
         for name in self.modules:
-            out = vector[self.out_index[name]] if name in self.out_index else None
-            inp = vector[self.in_index[name]] if name in self.in_index else None
+            out, inp = self._module_keep(vector, name)
             out = None if out is None or bool(out.all()) else out
             inp = None if inp is None or bool(inp.all()) else inp
             if out is not None or inp is not None:
@@ -144,7 +156,7 @@ class ChannelGraph:
 
     def flops(
         self,
-        keep: Keep | None = None,
+        keep: KeepLike = None,
         img_size: int | tuple[int, int] | None = None,
         input_shape: Sequence[int] | None = None,
     ) -> int:
@@ -158,19 +170,19 @@ class ChannelGraph:
             h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
             input_shape = (1, self.input_shapes[0][1], h, w)
         key, calls = self._calls_at(input_shape)
-        return self._counter.flops(self.keep_vector(keep), key, calls)
+        return self._counter.flops(self.keep(keep).vector, key, calls)
 
-    def gflops(self, keep: Keep | None = None, img_size: int | tuple[int, int] | None = None) -> float:
+    def gflops(self, keep: KeepLike = None, img_size: int | tuple[int, int] | None = None) -> float:
         """``flops(keep, img_size) / 1e9``."""
         return self.flops(keep, img_size) / 1e9
 
-    def params(self, keep: Keep | None = None) -> int:
+    def params(self, keep: KeepLike = None) -> int:
         """Number of parameters (every parameter, BN and biases included) of the pruned model."""
-        return self._counter.params(self.keep_vector(keep))
+        return self._counter.params(self.keep(keep).vector)
 
-    def kept_widths(self, keep: Keep | None) -> dict[str, tuple[int | None, int | None]]:
+    def kept_widths(self, keep: KeepLike) -> dict[str, tuple[int | None, int | None]]:
         """Prunable module name -> (kept output width, kept input width); None where not indexed."""
-        out_k, in_k = self._counter.kept(self.keep_vector(keep))
+        out_k, in_k = self._counter.kept(self.keep(keep).vector)
         return {
             name: (
                 int(out_k[i]) if name in self.out_index else None,
@@ -180,13 +192,13 @@ class ChannelGraph:
         }
 
     # -- execution -----------------------------------------------------------------------------
-    def masked(self, keep: Keep | None) -> AbstractContextManager[nn.Module]:
+    def masked(self, keep: KeepLike) -> AbstractContextManager[nn.Module]:
         """Context manager: inside, ``graph.model`` computes exactly what ``slice(keep)`` computes."""
-        return masked(self, keep)
+        return masked(self.model, self.modules, self.pruned_modules(keep))
 
-    def slice(self, keep: Keep | None) -> nn.Module:
+    def slice(self, keep: KeepLike) -> nn.Module:
         """A new model with the pruned channels physically removed; ``graph.model`` is untouched."""
-        return slice_model(self, keep)
+        return slice_model(self.model, self.modules, self.pruned_modules(keep))
 
     def split_at(self, unit: Unit | str) -> Split:
         """The network cut before ``unit``'s first producer, for prefix caching (see pagcp.graph.split)."""

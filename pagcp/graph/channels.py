@@ -10,7 +10,8 @@ layout of their input and record which of their channels hold which ids.
 
 Ids that reach the model output, come from the model input or from an op this module cannot see
 through are *pinned*: their equivalence classes are never pruned. Nothing here is hard-coded for a
-model family; YOLOv5's residual groups fall out of the residual adds.
+model family; YOLOv5's residual groups fall out of the residual adds. Which ops keep, join or cut channels
+is listed in :mod:`pagcp.graph.op_rules`; the classes live in a :class:`~pagcp.graph.union_find.UnionFind`.
 """
 
 from __future__ import annotations
@@ -21,45 +22,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
+from pagcp.graph.op_rules import (
+    BATCH_NORMS,
+    CATS,
+    CHANNELWISE_MODULES,
+    ELEMENTWISE_FUNCTIONS,
+    ELEMENTWISE_METHODS,
+    FLATTENS,
+    REDUCTIONS,
+    SHAPE_QUERIES,
+    SPLITS,
+)
 from pagcp.graph.shapes import ShapeRecord, ShapeTree, is_torch_nn_module
+from pagcp.graph.union_find import UnionFind
 
 Layout = Any  # torch.LongTensor | tuple[Layout, ...] | None
-
-#: Element-wise functions and methods: every tensor argument of the output's width is the same channel.
-_ELEMENTWISE_FUNCTIONS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.pow,
-    operator.neg, operator.pos, operator.abs, operator.iadd, operator.isub, operator.imul, operator.itruediv,
-    torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide,
-    torch.true_divide, torch.maximum, torch.minimum, torch.where, torch.relu, torch.sigmoid, torch.tanh,
-    torch.exp, torch.abs, torch.neg, torch.clamp, torch.clip, torch.sqrt, torch.rsqrt, torch.square,
-    torch.pow, torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
-    F.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.selu, F.celu,
-    F.mish, F.softplus, F.sigmoid, F.tanh, F.hardtanh, F.dropout, F.dropout2d, F.max_pool2d, F.avg_pool2d,
-    F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate, F.upsample, F.pad,
-}  # fmt: skip
-_ELEMENTWISE_METHODS = {
-    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "relu", "relu_", "sigmoid", "sigmoid_",
-    "tanh", "tanh_", "exp", "abs", "neg", "clamp", "clamp_", "clip", "pow", "sqrt", "contiguous", "clone",
-    "float", "half", "double", "bfloat16", "to", "cpu", "cuda", "type_as", "detach", "requires_grad_",
-    "expand_as",
-}  # fmt: skip
-#: Parameter-free torch.nn layers that act on each channel on its own.
-_CHANNELWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.GELU,
-    nn.Mish, nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout2d,
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample, nn.UpsamplingNearest2d,
-    nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
-)  # fmt: skip
-_REDUCTIONS = {"mean", "sum", "amax", "amin"}
-_SPLITS = {torch.chunk, torch.split, torch.tensor_split}
-_CATS = {torch.cat, torch.concat, torch.concatenate}
-_FLATTENS = {torch.flatten}
-_SHAPE_QUERIES = {"size", "dim", "numel", "ndimension", "nelement"}
-
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass
@@ -75,44 +54,6 @@ class ModuleChannels:
     module: nn.Module
     in_ids: torch.Tensor | None
     out_ids: torch.Tensor | None
-
-
-class UnionFind:
-    """Union-find over channel ids, with a pinned flag and the first reason each id was pinned."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.pins: list[tuple[torch.Tensor, str]] = []
-
-    def new(self, n: int, pinned: str | None = None) -> torch.Tensor:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
-        ids = torch.arange(start, start + n, dtype=torch.long)
-        if pinned is not None:
-            self.pins.append((ids, pinned))
-        return ids
-
-    def find(self, i: int) -> int:
-        parent = self.parent
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
-    def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        for x, y in zip(a.tolist(), b.tolist()):
-            rx, ry = self.find(x), self.find(y)
-            if rx != ry:
-                self.parent[max(rx, ry)] = min(rx, ry)
-
-    def pin(self, ids: torch.Tensor, reason: str) -> None:
-        if ids.numel():
-            self.pins.append((ids, reason))
-
-    def roots(self) -> torch.Tensor:
-        return torch.tensor([self.find(i) for i in range(len(self.parent))], dtype=torch.long)
 
 
 def _tensors(layout: Layout) -> list[torch.Tensor]:
@@ -224,24 +165,24 @@ class ChannelAnalysis:
         if not _has_tensor(shape):
             return None  # other non-tensor results carry no channels
         if node.op == "call_method":
-            if target in _ELEMENTWISE_METHODS:
+            if target in ELEMENTWISE_METHODS:
                 return self._elementwise(node, node.args)
             if target in ("chunk", "split", "tensor_split"):
                 return self._split(node, node.args[0], _arg(node, 2, "dim", 0), target == "chunk")
             if target in ("flatten", "view", "reshape"):
                 return self._flatten(node, node.args[0])
-            if target in _REDUCTIONS:
+            if target in REDUCTIONS:
                 return self._reduction(node)
             return self._opaque(node, f"method {target}")
         if target is operator.getitem:
             return self._getitem(node)
-        if target in _CATS:
+        if target in CATS:
             return self._cat(node, node.args[0], _arg(node, 1, "dim", 0))
-        if target in _SPLITS:
+        if target in SPLITS:
             return self._split(node, node.args[0], _arg(node, 2, "dim", 0), target is torch.chunk)
-        if target in _FLATTENS:
+        if target in FLATTENS:
             return self._flatten(node, node.args[0])
-        if target in _ELEMENTWISE_FUNCTIONS:
+        if target in ELEMENTWISE_FUNCTIONS:
             return self._elementwise(node, node.args)
         if target in (torch.mean, torch.sum, torch.amax, torch.amin):
             return self._reduction(node)
@@ -294,7 +235,7 @@ class ChannelAnalysis:
             if any(u.target is not operator.getitem for u in node.users):  # the whole shape is used
                 self._pin_width(args[0], node)
             return True
-        if node.op == "call_method" and target in _SHAPE_QUERIES:
+        if node.op == "call_method" and target in SHAPE_QUERIES:
             source_shape = self._shape(args[0])
             if target == "size":
                 dim = _arg(node, 1, "dim", None)
@@ -410,14 +351,14 @@ class ChannelAnalysis:
         layout = self._layout(source)
         if isinstance(module, nn.Conv2d) and isinstance(layout, torch.Tensor):
             return self._conv(name, module, layout, out)
-        if isinstance(module, _BATCH_NORMS) and isinstance(layout, torch.Tensor):
+        if isinstance(module, BATCH_NORMS) and isinstance(layout, torch.Tensor):
             return self._holder(name, "bn", module, layout)
         if isinstance(module, nn.Linear) and isinstance(layout, torch.Tensor) and len(self._shape(source)) == 2:
             self._record(name, "linear", module, layout, None)
             return self._fresh(out, f"output of linear {name}")
         if isinstance(module, nn.Flatten) and module.end_dim == -1 and module.start_dim == 1:
             return self._flatten(node, source)
-        if isinstance(module, _CHANNELWISE_MODULES) and len(node.args) == 1 and not node.kwargs:
+        if isinstance(module, CHANNELWISE_MODULES) and len(node.args) == 1 and not node.kwargs:
             return self._elementwise(node, node.args)
         if not is_torch_nn_module(module):
             inputs = _tensors(self._layout((node.args, tuple(node.kwargs.values()))))

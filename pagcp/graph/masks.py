@@ -20,16 +20,14 @@ in-place write that autograd would refuse afterwards).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from pagcp.graph.channel_graph import ChannelGraph
-    from pagcp.graph.units import Keep
+from pagcp.graph.channels import ModuleChannels
+from pagcp.graph.keep import PrunePlan
 
 
 class _Saved:
@@ -51,11 +49,11 @@ class _Saved:
             tensor.index_copy_(dim, index, values)
 
 
-def zero_pruned(graph: ChannelGraph, keep: Keep | None, saved: _Saved) -> None:
+def zero_pruned(modules: Mapping[str, ModuleChannels], plan: PrunePlan, saved: _Saved) -> None:
     """Zero the producer filters, norm affines and consumer weights of every pruned channel."""
-    for name, (out_keep, in_keep) in graph.module_keep(keep).items():
-        module: nn.Module = graph.modules[name].module
-        kind = graph.modules[name].kind
+    for name, (out_keep, in_keep) in plan.items():
+        module: nn.Module = modules[name].module
+        kind = modules[name].kind
         if out_keep is not None:  # conv and depthwise filters, BatchNorm scale and shift
             saved.zero(module.weight, 0, out_keep)
             saved.zero(module.bias, 0, out_keep)
@@ -64,13 +62,13 @@ def zero_pruned(graph: ChannelGraph, keep: Keep | None, saved: _Saved) -> None:
 
 
 @contextmanager
-def masked(graph: ChannelGraph, keep: Keep | None) -> Iterator[nn.Module]:
-    """Run ``graph.model`` as if pruned by ``keep``; yields the model; restores it on exit."""
+def masked(model: nn.Module, modules: Mapping[str, ModuleChannels], plan: PrunePlan) -> Iterator[nn.Module]:
+    """Run ``model`` as if pruned by ``plan`` (see ``ChannelGraph.pruned_modules``); restores it on exit."""
     saved = _Saved()
     try:
         with torch.no_grad():
-            zero_pruned(graph, keep, saved)
-        yield graph.model
+            zero_pruned(modules, plan, saved)
+        yield model
     finally:
         with torch.no_grad():
             saved.restore()

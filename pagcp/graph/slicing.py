@@ -8,14 +8,13 @@ loads with ``pagcp.save_model`` / ``pagcp.load_model``, which take widths from t
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from pagcp.graph.channel_graph import ChannelGraph
-    from pagcp.graph.units import Keep
+from pagcp.graph.channels import ModuleChannels
+from pagcp.graph.keep import PrunePlan
 
 
 def _param(old: nn.Parameter, value: torch.Tensor) -> nn.Parameter:
@@ -57,13 +56,12 @@ def _slice_linear(linear: nn.Linear, in_keep: torch.Tensor) -> None:
     linear.in_features = linear.weight.shape[1]
 
 
-def slice_model(graph: ChannelGraph, keep: Keep | None) -> nn.Module:
-    """A deep copy of ``graph.model`` with every channel that ``keep`` prunes removed."""
-    plan = graph.module_keep(keep)
-    model = copy.deepcopy(graph.model)
+def slice_model(model: nn.Module, modules: Mapping[str, ModuleChannels], plan: PrunePlan) -> nn.Module:
+    """A deep copy of ``model`` with every channel that ``plan`` prunes removed (``model`` is untouched)."""
+    model = copy.deepcopy(model)
     for name, (out_keep, in_keep) in plan.items():
         module = model.get_submodule(name)
-        kind = graph.modules[name].kind
+        kind = modules[name].kind
         if kind == "conv":
             _slice_conv(module, out_keep, in_keep)
         elif kind == "depthwise":

@@ -4,10 +4,8 @@ Each union-find class is one channel that must be kept or pruned as a whole (e.g
 cv1 and channel k of every bottleneck's cv2). Classes produced by the same set of convs form one unit;
 the unit's channel i is the class holding its first producer's i-th channel (in channel order).
 
-:data:`Keep` is the one representation of pruning decisions everywhere in pagcp: unit name -> bool tensor
-over the unit's channels (True = kept; a unit missing from the dict keeps every channel). The graph derives
-the per-module views it needs from it; only files on disk (the search state) store it otherwise, through
-:func:`keep_to_pruned` / :func:`keep_from_pruned`.
+A unit's channels get consecutive places in the graph's keep vector (``Unit.offset``), which is how
+:class:`pagcp.graph.keep.Keep` holds every unit's mask in one tensor.
 """
 
 from __future__ import annotations
@@ -18,22 +16,6 @@ from dataclasses import dataclass, field
 import torch
 
 from pagcp.graph.channels import ChannelAnalysis, ModuleChannels
-
-#: Pruning decisions: unit name -> bool tensor of the unit's size (True = kept).
-Keep = dict[str, torch.Tensor]
-
-
-def keep_to_pruned(keep: Keep) -> dict[str, list[int]]:
-    """The pruned channel indices of every unit that prunes any (the form written to state files)."""
-    return {name: torch.nonzero(~mask).flatten().tolist() for name, mask in keep.items() if not bool(mask.all())}
-
-
-def keep_from_pruned(full: Keep, pruned: dict[str, list[int]]) -> Keep:
-    """``full`` (every unit, all kept, e.g. ``graph.full_keep()``) with the listed channels pruned."""
-    keep = {name: mask.clone() for name, mask in full.items()}
-    for name, idx in pruned.items():
-        keep[name][torch.tensor(idx, dtype=torch.long)] = False
-    return keep
 
 
 @dataclass(frozen=True)
