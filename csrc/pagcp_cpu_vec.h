@@ -1,6 +1,6 @@
 // Vectorised element loops of the CPU kernels: activation runs (SiLU with a vectorisable exp and an
 // AVX2/FMA path), and the stores of masked_bn_act results (plain or streaming). Header-only, included by
-// pagcp_ops.cpp alone so that the extension stays one C++ translation unit.
+// pagcp_ops.cpp alone (its helpers have internal linkage).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -92,18 +92,18 @@ void silu_inplace(float* v, int64_t len) {
   silu_inplace_generic(v, len);
 }
 
-template <int64_t ACT>
+template <Act ACT>
 void finish_act(float* buf, int64_t len) {
-  if constexpr (ACT == kActSilu) {
+  if constexpr (ACT == Act::Silu) {
     silu_inplace(buf, len);
-  } else if constexpr (ACT == kActRelu) {
+  } else if constexpr (ACT == Act::Relu) {
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) buf[i] = buf[i] > 0.0f ? buf[i] : 0.0f;
   }
 }
 
 // buf[i] = act(x[i] * s + b) for one contiguous run with one channel (NCHW planes).
-template <typename T, int64_t ACT>
+template <typename T, Act ACT>
 void act_run_uniform(const T* x, float s, float b, float* buf, int64_t len) {
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) buf[i] = to_f(x[i]) * s + b;
@@ -111,7 +111,7 @@ void act_run_uniform(const T* x, float s, float b, float* buf, int64_t len) {
 }
 
 // buf[c] = act(x[c] * s[c] + b[c]) for one pixel row of a channels_last tensor.
-template <typename T, int64_t ACT>
+template <typename T, Act ACT>
 void act_run_channels(const T* x, const float* s, const float* b, float* buf, int64_t len) {
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) buf[i] = to_f(x[i]) * s[i] + b[i];

@@ -1,11 +1,13 @@
-// pagcp._C: op schemas (torch.library) and the CPU (OpenMP) implementations.
+// pagcp._C: the CPU (OpenMP) implementations of the pagcp ops, registered under the CPU dispatch key.
 //
-// Ops (namespace `pagcp`, see pagcp/ops for the Python wrappers and the reference semantics):
+// The op schemas, fake kernels and reference kernels are defined in Python (pagcp/ops/library.py) before
+// this library is loaded; it only attaches kernels to them:
 //   filter_saliency(Tensor[] weights, Tensor keep, int[] keep_offsets, int[] groups, int p, bool mean) -> Tensor
-//   masked_bn_act(Tensor x, Tensor scale, Tensor shift, Tensor keep, int act, bool expand) -> Tensor
+//   masked_bn_act(Tensor x, Tensor scale, Tensor shift, Tensor keep, str act, bool expand) -> Tensor
 //   masked_bn_act_out(..., Tensor(a!) out) -> ()
 //   channel_activation_stats(Tensor x) -> (Tensor, Tensor)
-// The CUDA implementations live in pagcp_ops_cuda.cu and register under the CUDA dispatch key.
+// The CUDA implementations live in pagcp_ops_cuda.cu and register under the CUDA dispatch key; the argument
+// checks both share are in pagcp_common.cpp.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -116,7 +118,7 @@ at::Tensor filter_saliency_cpu(at::TensorList weights, const at::Tensor& keep, a
 constexpr int64_t kRun = 1024;  // elements per act() run kept in a stack buffer
 
 // NCHW: one (row, channel) plane of HW contiguous elements at a time.
-template <typename T, int64_t ACT>
+template <typename T, Act ACT>
 void bn_act_planes(const T* x, const float* s, const float* b, const float* keep, T* out, int64_t R,
                    int64_t N, int64_t C, int64_t HW, bool expand, bool stream) {
   const int64_t in_rows = expand ? N : R * N;
@@ -151,7 +153,7 @@ void bn_act_planes(const T* x, const float* s, const float* b, const float* keep
 }
 
 // channels_last: one pixel row of C contiguous channels at a time.
-template <typename T, int64_t ACT>
+template <typename T, Act ACT>
 void bn_act_pixels(const T* x, const float* s, const float* b, const float* keep, T* out, int64_t R,
                    int64_t N, int64_t C, int64_t HW, bool expand, bool stream) {
   const int64_t in_pixels = (expand ? N : R * N) * HW;
@@ -176,27 +178,30 @@ void bn_act_pixels(const T* x, const float* s, const float* b, const float* keep
 
 template <typename T>
 void bn_act_dispatch(const at::Tensor& x, const float* s, const float* b, const float* k, const at::Tensor& out,
-                     int64_t act, int64_t R, int64_t N, bool expand, bool channels_last) {
+                     Act act, int64_t R, int64_t N, bool expand, bool channels_last) {
   const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
   const T* xp = x.const_data_ptr<T>();
   T* op = out.mutable_data_ptr<T>();
   const bool stream = std::is_same_v<T, float> && out.nbytes() >= kStreamBytes;
   auto run = [&](auto act_tag) {
-    constexpr int64_t A = decltype(act_tag)::value;
+    constexpr Act A = decltype(act_tag)::value;
     if (channels_last) {
       bn_act_pixels<T, A>(xp, s, b, k, op, R, N, C, HW, expand, stream);
     } else {
       bn_act_planes<T, A>(xp, s, b, k, op, R, N, C, HW, expand, stream);
     }
   };
-  if (act == kActSilu) run(std::integral_constant<int64_t, kActSilu>{});
-  else if (act == kActRelu) run(std::integral_constant<int64_t, kActRelu>{});
-  else run(std::integral_constant<int64_t, kActIdentity>{});
+  switch (act) {
+    case Act::Silu: run(std::integral_constant<Act, Act::Silu>{}); break;
+    case Act::Relu: run(std::integral_constant<Act, Act::Relu>{}); break;
+    case Act::Identity: run(std::integral_constant<Act, Act::Identity>{}); break;
+  }
 }
 
 void masked_bn_act_out_cpu(const at::Tensor& x_in, const at::Tensor& scale, const at::Tensor& shift,
-                           const at::Tensor& keep, int64_t act, bool expand, const at::Tensor& out) {
-  BnActShape shp = check_bn_act(x_in, scale, shift, keep, act, expand, out);
+                           const at::Tensor& keep, c10::string_view act_name, bool expand, const at::Tensor& out) {
+  const Act act = parse_act(act_name);
+  BnActShape shp = check_bn_act(x_in, scale, shift, keep, expand, out);
   const bool channels_last = is_channels_last(x_in) && !x_in.is_contiguous();
   at::Tensor x = channels_last ? x_in : x_in.contiguous();
   const bool out_matches = channels_last ? is_channels_last(out) : out.is_contiguous();
@@ -211,7 +216,7 @@ void masked_bn_act_out_cpu(const at::Tensor& x_in, const at::Tensor& scale, cons
 }
 
 at::Tensor masked_bn_act_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
-                             const at::Tensor& keep, int64_t act, bool expand) {
+                             const at::Tensor& keep, c10::string_view act, bool expand) {
   at::Tensor out = empty_bn_act_out(x, keep, expand);
   masked_bn_act_out_cpu(x, scale, shift, keep, act, expand, out);
   return out;
@@ -320,101 +325,6 @@ std::tuple<at::Tensor, at::Tensor> channel_activation_stats_cpu(const at::Tensor
 
 }  // namespace
 
-// ---------------------------------------------------------------------------------------------
-// Shared validation (also used by the CUDA implementations)
-// ---------------------------------------------------------------------------------------------
-
-SaliencyPlan make_saliency_plan(at::TensorList weights, const at::Tensor& keep, at::IntArrayRef keep_offsets,
-                                at::IntArrayRef groups, int64_t p) {
-  TORCH_CHECK(!weights.empty(), "pagcp::filter_saliency: weights is empty");
-  TORCH_CHECK(p == 1 || p == 2, "pagcp::filter_saliency: p must be 1 or 2, got ", p);
-  const size_t nl = weights.size();
-  TORCH_CHECK(keep_offsets.size() == nl && groups.size() == nl,
-              "pagcp::filter_saliency: keep_offsets and groups need one entry per weight");
-  TORCH_CHECK(keep.dim() == 1, "pagcp::filter_saliency: keep must be 1-D (all layers' masks concatenated)");
-  SaliencyPlan plan;
-  plan.filter_start.push_back(0);
-  for (size_t l = 0; l < nl; ++l) {
-    const at::Tensor& w = weights[l];
-    TORCH_CHECK(w.dim() >= 2, "pagcp::filter_saliency: weight ", l, " must have >= 2 dims, got ", w.dim());
-    TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kHalf || w.scalar_type() == at::kBFloat16,
-                "pagcp::filter_saliency: weight ", l, " must be float32, float16 or bfloat16");
-    TORCH_CHECK(w.device() == keep.device(), "pagcp::filter_saliency: weight ", l, " and keep on different devices");
-    const int64_t cout = w.size(0), cpg = w.size(1);
-    const int64_t kk = cout * cpg == 0 ? 1 : w.numel() / (cout * cpg);
-    const int64_t g = groups[l];
-    TORCH_CHECK(g >= 1 && cout % g == 0, "pagcp::filter_saliency: weight ", l, " has ", cout,
-                " filters, not divisible by groups=", g);
-    TORCH_CHECK(keep_offsets[l] >= 0 && keep_offsets[l] + g * cpg <= keep.numel(),
-                "pagcp::filter_saliency: keep mask of weight ", l, " is out of range");
-    plan.cout.push_back(cout);
-    plan.cpg.push_back(cpg);
-    plan.kk.push_back(kk);
-    plan.groups.push_back(g);
-    plan.filter_start.push_back(plan.filter_start.back() + cout);
-  }
-  plan.total_filters = plan.filter_start.back();
-  return plan;
-}
-
-bool is_channels_last(const at::Tensor& x) {
-  return x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
-at::MemoryFormat layout_of(bool channels_last) {
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
-BnActShape check_bn_act(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& keep,
-                        int64_t act, bool expand, const at::Tensor& out) {
-  TORCH_CHECK(x.dim() == 4, "pagcp::masked_bn_act: x must be N x C x H x W, got ", x.dim(), " dims");
-  TORCH_CHECK(act == kActIdentity || act == kActRelu || act == kActSilu,
-              "pagcp::masked_bn_act: act code must be 0 (identity), 1 (relu) or 2 (silu), got ", act);
-  const int64_t C = x.size(1);
-  TORCH_CHECK(scale.numel() == C && shift.numel() == C, "pagcp::masked_bn_act: scale and shift need ", C,
-              " elements (one per channel)");
-  TORCH_CHECK(keep.dim() == 2 && keep.size(1) == C, "pagcp::masked_bn_act: keep must be R x ", C);
-  BnActShape shp;
-  shp.R = keep.size(0);
-  if (expand) {
-    shp.N = x.size(0);
-  } else {
-    TORCH_CHECK(shp.R > 0 && x.size(0) % shp.R == 0, "pagcp::masked_bn_act: with expand=false x needs R*N rows (R=",
-                shp.R, "), got ", x.size(0));
-    shp.N = x.size(0) / shp.R;
-  }
-  const int64_t rows = expand ? shp.R * shp.N : x.size(0);
-  TORCH_CHECK(out.dim() == 4 && out.size(0) == rows && out.size(1) == C && out.size(2) == x.size(2) &&
-                  out.size(3) == x.size(3),
-              "pagcp::masked_bn_act: out must have shape (", rows, ", ", C, ", ", x.size(2), ", ", x.size(3), ")");
-  TORCH_CHECK(out.scalar_type() == x.scalar_type(), "pagcp::masked_bn_act: out dtype must equal x dtype");
-  TORCH_CHECK(out.device() == x.device() && scale.device() == x.device() && shift.device() == x.device() &&
-                  keep.device() == x.device(),
-              "pagcp::masked_bn_act: x, scale, shift, keep and out must be on one device");
-  return shp;
-}
-
-at::Tensor empty_bn_act_out(const at::Tensor& x, const at::Tensor& keep, bool expand) {
-  TORCH_CHECK(x.dim() == 4 && keep.dim() == 2, "pagcp::masked_bn_act: x must be 4-D and keep 2-D");
-  const int64_t rows = expand ? keep.size(0) * x.size(0) : x.size(0);
-  const bool cl = is_channels_last(x) && !x.is_contiguous();
-  return at::empty({rows, x.size(1), x.size(2), x.size(3)}, x.options().memory_format(layout_of(cl)));
-}
-
-void check_stats_input(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 4, "pagcp::channel_activation_stats: x must be N x C x H x W, got ", x.dim(), " dims");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
-              "pagcp::channel_activation_stats: x must be float32, float16 or bfloat16");
-}
-
-TORCH_LIBRARY(pagcp, m) {
-  m.def("filter_saliency(Tensor[] weights, Tensor keep, int[] keep_offsets, int[] groups, int p, bool mean) -> Tensor");
-  m.def("masked_bn_act(Tensor x, Tensor scale, Tensor shift, Tensor keep, int act, bool expand) -> Tensor");
-  m.def("masked_bn_act_out(Tensor x, Tensor scale, Tensor shift, Tensor keep, int act, bool expand, "
-        "Tensor(a!) out) -> ()");
-  m.def("channel_activation_stats(Tensor x) -> (Tensor, Tensor)");
-}
-
 TORCH_LIBRARY_IMPL(pagcp, CPU, m) {
   m.impl("filter_saliency", &filter_saliency_cpu);
   m.impl("masked_bn_act", &masked_bn_act_cpu);
@@ -424,7 +334,7 @@ TORCH_LIBRARY_IMPL(pagcp, CPU, m) {
 
 }  // namespace pagcp
 
-// `import pagcp._C` loads this library (which registers the ops above); the module itself only
+// `import pagcp._C` loads this library (which registers the kernels above); the module itself only
 // reports how it was built.
 static PyModuleDef pagcp_c_module = {PyModuleDef_HEAD_INIT, "_C", "pagcp compiled ops (torch.ops.pagcp.*)", -1,
                                      nullptr, nullptr, nullptr, nullptr, nullptr};

@@ -1,5 +1,6 @@
-// CUDA implementations of the pagcp ops, registered under the CUDA dispatch key (schemas are defined
-// in pagcp_ops.cpp). Compiled only when setup.py finds a CUDA toolkit and a CUDA build of torch.
+// CUDA implementations of the pagcp ops, registered under the CUDA dispatch key (the schemas are defined
+// in Python, pagcp/ops/library.py). Compiled only when setup.py finds a CUDA toolkit and a CUDA build of
+// torch.
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -72,10 +73,10 @@ __global__ void filter_saliency_kernel(const int64_t* __restrict__ layers, int64
 }
 
 template <typename T>
-__device__ __forceinline__ float act_f(T v, float s, float b, int64_t act) {
+__device__ __forceinline__ float act_f(T v, float s, float b, Act act) {
   float y = static_cast<float>(v) * s + b;
-  if (act == kActSilu) return y / (1.0f + __expf(-y));
-  if (act == kActRelu) return y > 0.0f ? y : 0.0f;
+  if (act == Act::Silu) return y / (1.0f + __expf(-y));
+  if (act == Act::Relu) return y > 0.0f ? y : 0.0f;
   return y;
 }
 
@@ -85,7 +86,7 @@ template <typename T>
 __global__ void masked_bn_act_kernel(const T* __restrict__ x, const float* __restrict__ scale,
                                      const float* __restrict__ shift, const float* __restrict__ keep,
                                      T* __restrict__ out, int64_t R, int64_t N, int64_t C, int64_t HW,
-                                     bool channels_last, int64_t act, bool expand) {
+                                     bool channels_last, Act act, bool expand) {
   const int64_t per_r = N * C * HW;
   const int64_t total = expand ? per_r : R * per_r;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -150,8 +151,9 @@ at::Tensor filter_saliency_cuda(at::TensorList weights, const at::Tensor& keep, 
 }
 
 void masked_bn_act_out_cuda(const at::Tensor& x_in, const at::Tensor& scale, const at::Tensor& shift,
-                            const at::Tensor& keep, int64_t act, bool expand, const at::Tensor& out) {
-  BnActShape shp = check_bn_act(x_in, scale, shift, keep, act, expand, out);
+                            const at::Tensor& keep, c10::string_view act_name, bool expand, const at::Tensor& out) {
+  const Act act = parse_act(act_name);
+  BnActShape shp = check_bn_act(x_in, scale, shift, keep, expand, out);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool channels_last = is_channels_last(x_in) && !x_in.is_contiguous();
   at::Tensor x = channels_last ? x_in : x_in.contiguous();
@@ -176,7 +178,7 @@ void masked_bn_act_out_cuda(const at::Tensor& x_in, const at::Tensor& scale, con
 }
 
 at::Tensor masked_bn_act_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
-                              const at::Tensor& keep, int64_t act, bool expand) {
+                              const at::Tensor& keep, c10::string_view act, bool expand) {
   at::Tensor out = empty_bn_act_out(x, keep, expand);
   masked_bn_act_out_cuda(x, scale, shift, keep, act, expand, out);
   return out;

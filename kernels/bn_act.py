@@ -1,8 +1,10 @@
 """Triton kernel and launcher of masked_bn_act: y[r*N+n, c] = act(x[n, c]*scale[c] + shift[c]) * keep[r, c].
 
 One program owns a tile of (pixels of one input row) x (channels); with ``EXPAND`` it computes the
-activation once and stores it for every candidate mask r. Addressing uses the four strides of x and of
-the output, so NCHW, channels_last and other strided layouts need no copy.
+activation once and stores it for every candidate mask r. The activation arrives by name, as the string
+constexpr ``ACT`` (a key of ``pagcp.ops.reference.ACTIVATIONS``), so each one compiles to its own kernel.
+Addressing uses the four strides of x and of the output, so NCHW, channels_last and other strided layouts
+need no copy.
 """
 
 from __future__ import annotations
@@ -54,10 +56,12 @@ def masked_bn_act_kernel(
     shift = tl.load(shift_ptr + ch, mask=ch_in, other=0.0)[None, :]
     x = tl.load(x_ptr + row * sxn + x_off, mask=mask, other=0.0).to(tl.float32)
     y = x * scale + shift
-    if ACT == 1:
+    if ACT == "relu":
         y = tl.maximum(y, 0.0)
-    elif ACT == 2:
+    elif ACT == "silu":
         y = y * tl.sigmoid(y)
+    else:
+        tl.static_assert(ACT == "identity", "masked_bn_act_kernel: unsupported activation")
     if EXPAND:
         for r in range(0, R):
             k = tl.load(keep_ptr + r * C + ch, mask=ch_in, other=0.0)[None, :]
@@ -73,11 +77,14 @@ def masked_bn_act(
     scale: torch.Tensor,
     shift: torch.Tensor,
     keep: torch.Tensor,
-    act: int,
+    act: str,
     expand: bool,
     out: torch.Tensor,
 ) -> torch.Tensor:
-    """Launch the kernel writing into ``out`` (R*N rows); scale, shift, keep are float32 on x's device."""
+    """Launch the kernel writing into ``out`` (R*N rows); scale, shift, keep are float32 on x's device.
+
+    ``act`` is the activation's name (a key of ``pagcp.ops.reference.ACTIVATIONS``), the constexpr ``ACT``.
+    """
     N_in, C, H, W = x.shape
     R = keep.shape[0]
     N = N_in if expand else N_in // max(1, R)

@@ -32,7 +32,7 @@ def _inputs(shape, R, device="cpu", dtype=torch.float32, keep_dtype=torch.bool):
 def _check_all(backend, shapes, device="cpu", dtype=torch.float32, tol=1e-5):
     for shape in shapes:
         for R in (1, 3):
-            for act in ("silu", "relu", "identity"):
+            for act in reference.ACTIVATIONS:
                 keep_dtype = torch.float32 if act == "relu" else torch.bool
                 x, scale, shift, keep = _inputs(shape, R, device, dtype, keep_dtype)
                 want = reference.masked_bn_act(x, scale, shift, keep, act, expand=True)

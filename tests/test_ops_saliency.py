@@ -8,7 +8,7 @@ from torch.testing import assert_close
 
 from pagcp.errors import ConfigError
 from pagcp.ops import filter_saliency, reference
-from pagcp.ops.dispatch import availability
+from pagcp.ops.registry import availability
 
 
 def _require(backend: str, device: str = "cpu") -> None:

@@ -1,7 +1,8 @@
 """The Triton kernels compile for a real GPU target (sm_90 PTX) on a machine without a GPU.
 
 The interpreter tests check the numbers; this checks the GPU lowering (types, loops with run-time bounds,
-int64 addressing) for float32, float16 and bfloat16, so that GPU-only compile errors show up in CPU CI.
+int64 addressing, the string constexpr naming the activation) for float32, float16 and bfloat16, so that
+GPU-only compile errors show up in CPU CI.
 It runs in a subprocess without TRITON_INTERPRET, which would otherwise replace the compiler.
 """
 
@@ -37,7 +38,7 @@ for dt in ("fp32", "fp16", "bf16"):
     sig = {"x_ptr": "*" + dt, "scale_ptr": "*fp32", "shift_ptr": "*fp32", "keep_ptr": "*fp32", "out_ptr": "*" + dt}
     sig.update(dict.fromkeys("N C W HW R sxn sxc sxh sxw son soc soh sow".split(), "i32"))
     sig.update(dict.fromkeys(["ACT", "EXPAND", "BLOCK_P", "BLOCK_C"], "constexpr"))
-    for act, expand in ((2, True), (1, False), (0, True)):
+    for act, expand in (("silu", True), ("relu", False), ("identity", True)):  # ACT: the activation's name
         consts = {"ACT": act, "EXPAND": expand, "BLOCK_P": 64, "BLOCK_C": 64}
         check(bn_act.masked_bn_act_kernel, sig, consts, f"bn_act {dt} {act} {expand}")
     sig = {"x_ptr": "*" + dt, "part_abs_ptr": "*fp32", "part_sq_ptr": "*fp32"}

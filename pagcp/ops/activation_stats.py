@@ -1,12 +1,15 @@
-"""channel_activation_stats: per-channel mean |x| and mean x^2 of a feature map, in one pass."""
+"""channel_activation_stats: per-channel mean |x| and mean x^2 of a feature map, in one pass.
+
+This module owns the argument checks; the backends behind :func:`pagcp.ops.registry.implementation`
+compute it.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from pagcp.errors import ConfigError
-from pagcp.ops import reference
-from pagcp.ops.dispatch import resolve_backend
+from pagcp.ops.registry import implementation
 
 
 def channel_activation_stats(x: torch.Tensor, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,12 +22,5 @@ def channel_activation_stats(x: torch.Tensor, backend: str | None = None) -> tup
             f"channel_activation_stats: x must be a float N x C x H x W tensor, got {tuple(x.shape)} {x.dtype}"
         )
     x = x.detach()
-    name = resolve_backend(backend, x.device)
-    if name == "torch":
-        return reference.channel_activation_stats(x)
-    if name == "triton":
-        from pagcp import kernels
-
-        return kernels.channel_activation_stats(x)
-    mean_abs, mean_sq = torch.ops.pagcp.channel_activation_stats(x)
+    mean_abs, mean_sq = implementation("channel_activation_stats", backend, x.device)(x)
     return mean_abs, mean_sq

@@ -7,7 +7,9 @@ Two forms share one kernel:
 - :func:`masked_bn_act_rows` takes x that already holds R*N rows (candidate-major):
   ``y[r*N + n, c] = act(x[r*N + n, c] * scale[c] + shift[c]) * keep[r, c]``.
 
-Both compute in float32 and store x's dtype; they are inference ops (no gradients).
+Both compute in float32 and store x's dtype; they are inference ops (no gradients). This module owns the
+argument checks; the backends behind :func:`pagcp.ops.registry.implementation` compute the op, and the
+activation travels to them by name (a key of :data:`pagcp.ops.reference.ACTIVATIONS`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,8 @@ from __future__ import annotations
 import torch
 
 from pagcp.errors import ConfigError
-from pagcp.ops import reference
-from pagcp.ops.dispatch import resolve_backend
-from pagcp.ops.extension import bn_act_layout
-
-ACTIVATIONS = reference.ACTIVATIONS
+from pagcp.ops.reference import ACTIVATIONS
+from pagcp.ops.registry import implementation
 
 
 def _prepare(
@@ -75,20 +74,7 @@ def _run(
     scale, shift, keep, shape = _prepare(x, scale, shift, keep, act, expand)
     if out is not None:
         _check_out(out, shape, x)
-    name = resolve_backend(backend, x.device)
-    if name == "torch":
-        return reference.masked_bn_act(x, scale, shift, keep, act, expand, out)
-    code = ACTIVATIONS[act]
-    if name == "triton":
-        from pagcp import kernels
-
-        if out is None:
-            out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=bn_act_layout(x))
-        return kernels.masked_bn_act(x, scale, shift, keep, code, expand, out)
-    if out is None:
-        return torch.ops.pagcp.masked_bn_act(x, scale, shift, keep, code, expand)
-    torch.ops.pagcp.masked_bn_act_out(x, scale, shift, keep, code, expand, out)
-    return out
+    return implementation("masked_bn_act", backend, x.device)(x, scale, shift, keep, act, expand, out)
 
 
 def masked_bn_act(

@@ -1,18 +1,24 @@
-"""Pure-PyTorch references of the pagcp ops: the truth in tests and the fallback backend.
+"""Pure-PyTorch references of the pagcp ops: the truth in tests and the ``torch`` backend.
 
-They compute in float32 and cast results to the input dtype, exactly like the compiled kernels.
+This module owns the semantics every backend reproduces: the table of supported activations
+(:data:`ACTIVATIONS`, the only list of them; the compiled kernels receive the name), the memory format of
+masked_bn_act results, and each op in two forms: the user form (per-layer masks) and the packed form of
+the ``torch.ops.pagcp`` schemas (see :mod:`pagcp.ops.library`). They compute in float32 and cast results
+to the input dtype, exactly like the compiled kernels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from pagcp.ops.extension import bn_act_layout
-
-ACTIVATIONS = {"identity": 0, "relu": 1, "silu": 2}
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda y: y,
+    "relu": F.relu,
+    "silu": F.silu,
+}
 
 
 def alive_inputs(weight: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -48,12 +54,42 @@ def filter_saliency(
     return result
 
 
+def filter_saliency_packed(
+    weights: Sequence[torch.Tensor],
+    keep: torch.Tensor,
+    keep_offsets: Sequence[int],
+    groups: Sequence[int],
+    p: int,
+    mean: bool,
+) -> torch.Tensor:
+    """The schema form: all layers' masks in one buffer (layer l at keep_offsets[l], groups[l] groups).
+
+    Returns the flat float32 saliency of every filter, layer after layer.
+    """
+    masks = [keep[off : off + g * int(w.shape[1])] for w, off, g in zip(weights, keep_offsets, groups)]
+    per_layer = filter_saliency(weights, masks, p, "mean" if mean else "sum")
+    if not per_layer:
+        return keep.new_empty((0,), dtype=torch.float32)
+    return torch.cat(per_layer)
+
+
 def activation(y: torch.Tensor, act: str) -> torch.Tensor:
-    if act == "silu":
-        return F.silu(y)
-    if act == "relu":
-        return F.relu(y)
-    return y
+    """``act`` (a key of :data:`ACTIVATIONS`) applied to y."""
+    return ACTIVATIONS[act](y)
+
+
+def bn_act_layout(x: torch.Tensor) -> torch.memory_format:
+    """Memory format of masked_bn_act outputs: channels_last for channels_last inputs, else contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def empty_bn_act_out(x: torch.Tensor, keep: torch.Tensor, expand: bool) -> torch.Tensor:
+    """An uninitialised masked_bn_act result for x and R x C masks ``keep``, in :func:`bn_act_layout`."""
+    rows = keep.shape[0] * x.shape[0] if expand else x.shape[0]
+    shape = (rows, x.shape[1], x.shape[2], x.shape[3])
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=bn_act_layout(x))
 
 
 def masked_bn_act(

@@ -1,4 +1,8 @@
-"""filter_saliency: per-filter Lp norm over the alive input channels of many conv weights at once."""
+"""filter_saliency: per-filter Lp norm over the alive input channels of many conv weights at once.
+
+This module owns the argument checks and the packing of the per-layer masks into the schema form; the
+backends behind :func:`pagcp.ops.registry.implementation` compute it.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from pagcp.errors import ConfigError
-from pagcp.ops import reference
-from pagcp.ops.dispatch import resolve_backend
+from pagcp.ops.registry import implementation
 
 
 def _pack_keep(
@@ -81,15 +84,6 @@ def filter_saliency(
                 f"{device}; got shape {tuple(w.shape)}, {w.dtype}, {w.device}"
             )
     keep, offsets, groups = _pack_keep(weights, masks)  # also validates the masks
-    name = resolve_backend(backend, device)
-    if name == "torch":
-        return reference.filter_saliency(weights, masks, p, reduce)
-    detached = [w.detach() for w in weights]
-    mean = reduce == "mean"
-    if name == "triton":
-        from pagcp import kernels
-
-        flat = kernels.filter_saliency(detached, keep, offsets, groups, p, mean)
-    else:
-        flat = torch.ops.pagcp.filter_saliency(detached, keep, offsets, groups, p, mean)
+    run = implementation("filter_saliency", backend, device)
+    flat = run([w.detach() for w in weights], keep, offsets, groups, p, reduce == "mean")
     return list(flat.split([int(w.shape[0]) for w in weights]))
