@@ -77,21 +77,27 @@ def main() -> None:
         "naive_ms_per_evaluation": round(1000 * naive_s / max(truth["evaluations"], 1), 1),
         "same_decisions": same_ratios and same_selected,
         "same_ratios": same_ratios,
+        "same_selected": same_selected,
         "same_keep": same_keep,
         "gflops_ratio": round(graph.flops(keep, args.img) / graph.flops(None, args.img), 4),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
-    print(f"{'':>8s} {'seconds':>9s} {'evals':>7s} {'ms/eval':>9s}")
-    print(f"{'engine':>8s} {engine_s:9.1f} {oracle.evaluations:7d} {result['engine_ms_per_evaluation']:9.1f}")
-    print(f"{'naive':>8s} {naive_s:9.1f} {truth['evaluations']:7d} {result['naive_ms_per_evaluation']:9.1f}")
-    print(
-        f"speed-up {result['speedup']:.2f}x; same decisions: {result['same_decisions']} "
-        f"(ratios {same_ratios}, topk selection {same_selected}); GFLOPs kept {result['gflops_ratio']:.3f}"
-    )
+    print_table(result)
     if args.json:
         print(json.dumps(result))
+
+
+def print_table(r: dict) -> None:
+    print(f"{'':>8s} {'seconds':>9s} {'evals':>7s} {'ms/eval':>9s}")
+    for side in ("engine", "naive"):
+        seconds, evals, ms = r[f"{side}_seconds"], r[f"{side}_evaluations"], r[f"{side}_ms_per_evaluation"]
+        print(f"{side:>8s} {seconds:9.1f} {evals:7d} {ms:9.1f}")
+    print(
+        f"speed-up {r['speedup']:.2f}x; same decisions: {r['same_decisions']} "
+        f"(ratios {r['same_ratios']}, topk selection {r['same_selected']}); GFLOPs kept {r['gflops_ratio']:.3f}"
+    )
 
 
 if __name__ == "__main__":
