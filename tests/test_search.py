@@ -198,6 +198,51 @@ def test_engine_decisions_equal_naive(yolo, compat):
         assert all_pass and all(d["ratio"] == 0.9 for d in all_pass)
 
 
+def test_activation_saliency_equals_hooks_on_the_sliced_model(yolo):
+    _, graph, problem = yolo
+    keep = _random_keep(graph, 3)
+    engine, naive = problem.oracle(graph), problem.naive_oracle(graph)
+    groups = [u.name for u in graph.units if len(u.producers) > 1]
+    for name in [groups[0], "model.4.cv2", "model.9.cv1", "model.23.cv3"]:
+        got, want = engine.activation_scores(keep, name), naive.activation_scores(keep, name)
+        assert got.shape == (graph[name].size,) and bool((got[~keep[name]] == 0).all())
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        assert bool((got[keep[name]] > 0).all())  # SiLU outputs: every kept channel has some activity
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_activation_saliency_on_generic_cnns(arch):
+    from pagcp.engine.naive import NaiveOracle
+    from pagcp.engine.oracle import SubsetOracle
+
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=10).eval()
+    _randomize(model)
+    batches = [(torch.rand(2, 3, 64, 64), None), (torch.rand(3, 3, 48, 48), None)]
+    graph = pagcp.trace(model, batches[0][0][:1])
+    keep = _random_keep(graph, 4)
+    loss = lambda out, _: out.abs().mean().reshape(1)  # noqa: E731
+    engine, naive = SubsetOracle(graph, batches, loss, ["t"]), NaiveOracle(graph, batches, loss)
+    for unit in (graph.units[1], graph.units[len(graph.units) // 2], graph.units[-1]):
+        got, want = engine.activation_scores(keep, unit.name), naive.activation_scores(keep, unit.name)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        assert float(got.sum()) > 0
+
+
+def test_engine_decisions_equal_naive_with_activation_saliency(yolo):
+    _, graph, problem = yolo
+    units = [u.name for u in graph.units if u.size > 1][::3]
+    settings = PruneSettings(saliency="act", units=units, **SMALL)
+    search = Search(graph, problem.oracle(graph), settings, 64)
+    keep = search.run()
+    truth = problem.naive(graph, settings)
+    if _assert_same_decisions(search.state.decisions, truth["decisions"], truth["base"]):
+        assert all(torch.equal(keep[k], truth["keep"][k]) for k in keep)
+    ratios = {d["ratio"] for d in search.state.decisions}
+    assert any(0 < r < 0.95 for r in ratios) and any(d["tripped_task"] for d in search.state.decisions), ratios
+    weights = Search(graph, problem.oracle(graph), PruneSettings(units=units, **SMALL), 64).run()
+    assert weights != keep  # activations choose other channels than weight magnitudes
+
+
 def test_search_resume_gives_identical_result(tmp_path, yolo):
     _, graph, problem = yolo
     settings = PruneSettings(compression="backbone", **SMALL)

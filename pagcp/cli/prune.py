@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from pagcp.cli.common import Parser, guarded
-from pagcp.engine.settings import COMPAT_MODES, COMPRESSIONS, PruneSettings
+from pagcp.engine.settings import COMPAT_MODES, COMPRESSIONS, SALIENCIES, PruneSettings
 from pagcp.errors import ConfigError
 
 log = logging.getLogger("pagcp.prune")
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decay the threshold by lambda after each accepted unit")  # fmt: skip
     r.add_argument("--topk", type=float, default=0.8, help="fraction of units kept pruned (most loss-efficient)")
     r.add_argument("--compression", choices=COMPRESSIONS, default="global")
-    r.add_argument("--saliency", choices=("l1", "l2"), default="l1")
+    saliency_help = "channel scores: l1/l2 of the filter weights, or act: mean |activation| on the oracle images"
+    r.add_argument("--saliency", choices=SALIENCIES, default="l1", help=saliency_help)
     r.add_argument("--round", type=int, default=0)
     r.add_argument("--rate-slope", "--rate_slope", dest="rate_slope", type=float, default=0.0)
     r.add_argument("--thres-slope", "--thres_slope", dest="thres_slope", type=float, default=0.0)

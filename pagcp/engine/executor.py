@@ -29,7 +29,7 @@ from pagcp.engine.compact import CompactWeights, ConvStep, find_conv_steps
 from pagcp.errors import PagcpError
 from pagcp.graph import ChannelGraph, Keep, Unit
 from pagcp.graph.split import suffix_nodes
-from pagcp.ops import masked_bn_act, masked_bn_act_rows
+from pagcp.ops import channel_activation_stats, masked_bn_act, masked_bn_act_rows
 
 
 def _map(value: Any, fn) -> Any:
@@ -86,6 +86,26 @@ class _CompactPass:
 
     def finish(self, node: fx.Node, value: Any) -> Any:
         return value
+
+
+class _ActivityPass(_CompactPass):
+    """A compact pass that sums |value| per channel of the outputs of some conv steps as they are made."""
+
+    def __init__(self, executor: Executor, modules: set[str]):
+        super().__init__(executor)
+        self.modules = modules
+        self.sums: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def conv(self, step: ConvStep) -> torch.Tensor:
+        y = super().conv(step)
+        if step.conv_name in self.modules:  # read now: later nodes may write into y in place
+            count = y.shape[0] * y.shape[2] * y.shape[3]
+            total = channel_activation_stats(y)[0].double().cpu() * count
+            if step.conv_name in self.sums:  # a conv called twice (shared weights): both calls count
+                previous, n = self.sums[step.conv_name]
+                total, count = previous + total, n + count
+            self.sums[step.conv_name] = (total, count)
+        return y
 
 
 class _CandidatePass(_CompactPass):
@@ -199,6 +219,18 @@ class Executor:
         if out is None:
             raise PagcpError("executor: the graph has no output node")
         return out
+
+    @torch.no_grad()
+    def activity(self, inputs: Sequence[torch.Tensor], modules: set[str]) -> dict[str, tuple[torch.Tensor, int]]:
+        """Per conv in ``modules``: (sum of |output| per kept channel, pixels summed over), compact under the
+        current keep; the output is the conv's step value, after the BN and activation it absorbs.
+
+        The walk stops after the last of these convs.
+        """
+        wanted = [i for i, n in enumerate(self.order) if n in self.steps and self.steps[n].conv_name in modules]
+        run = _ActivityPass(self, modules)
+        self._walk(self.order[: max(wanted) + 1] if wanted else [], run, inputs)
+        return run.sums
 
     def plan(self, unit: str) -> UnitPlan:
         """The prefix/suffix cut of the walk at ``unit`` (built once per unit)."""

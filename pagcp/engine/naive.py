@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from pagcp.engine.oracle import Batch, TaskLoss
 from pagcp.engine.settings import PruneSettings
@@ -45,6 +46,62 @@ class NaiveOracle:
             value = torch.as_tensor(self.loss_fn(model(inputs), targets)).double().cpu().reshape(-1)
             total = value * inputs.shape[0] if total is None else total + value * inputs.shape[0]
         return total
+
+    @torch.no_grad()
+    def activation_scores(self, keep: Keep, unit: str) -> torch.Tensor:
+        """Saliency ``act``: forward hooks on a sliced copy record each member's output channels (after the
+        BatchNorm right after it and an activation right after that, if act(0) = 0), |.| averaged in float64."""
+        graph = self.graph
+        model = graph.slice(keep).eval()
+        members = [*graph[unit].producers, *graph[unit].depthwise]
+        sums: dict[str, list] = {}
+        hooks = []
+        for ref in members:
+            after, act = _output_of(graph, ref.module)
+
+            def record(_m, _args, out, name=ref.module, act=act):
+                y = (act(out.clone()) if act is not None else out).double()  # clone: act may work in place
+                s = sums.setdefault(name, [0.0, 0])
+                s[0] = s[0] + y.abs().sum(dim=(0, 2, 3))
+                s[1] += y.shape[0] * y.shape[2] * y.shape[3]
+
+            hooks.append(model.get_submodule(after).register_forward_hook(record))
+        try:
+            for inputs, _ in self.batches:
+                model(inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+        scores = torch.zeros(graph[unit].size, dtype=torch.float64)
+        for ref in members:
+            out_keep = graph.module_keep(keep, ref.module)[0]
+            mean = sums[ref.module][0] / sums[ref.module][1]
+            row = 0
+            compact = {}
+            for pos in range(out_keep.numel()):
+                if out_keep[pos]:
+                    compact[pos], row = row, row + 1
+            for pos, k in zip(ref.positions.tolist(), ref.unit_index.tolist()):
+                if pos in compact:
+                    scores[k] += mean[compact[pos]]
+        return scores
+
+
+def _output_of(graph: ChannelGraph, conv: str) -> tuple[str, nn.Module | None]:
+    """The module whose output is ``conv``'s channels as the network reads them: a BatchNorm called only on the
+    conv's output, else the conv; and the activation called only on that BatchNorm's output, if act(0) = 0."""
+    nodes = [n for n in graph.gm.graph.nodes if n.op == "call_module" and n.target == conv]
+    users = list(nodes[0].users)
+    if len(users) != 1 or users[0].op != "call_module":
+        return conv, None
+    bn = graph.model.get_submodule(users[0].target)
+    if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats or len(users[0].args) != 1:
+        return conv, None
+    after = list(users[0].users)
+    act = graph.model.get_submodule(after[0].target) if len(after) == 1 and after[0].op == "call_module" else None
+    if act is not None and (list(act.parameters()) or float(act(torch.zeros(1))) != 0.0):
+        act = None
+    return users[0].target, act
 
 
 def naive_lambda(rate: float, bound: float, n: int) -> float:
@@ -137,7 +194,7 @@ class _Rule:
 def _visit(graph, oracle, rule: _Rule, unit: str, tasks, s: PruneSettings, img_size) -> dict[str, Any]:
     """All ratios of one unit, one full evaluation each, until one trips; then accept the last good one."""
     keep = rule.keep
-    scores = naive_scores(graph, keep, unit, s.saliency)
+    scores = _scores(graph, oracle, keep, unit, s.saliency)
     last, last_losses, last_mask, tripped, at_90 = None, None, None, None, None
     for i, r in enumerate(s.ratios):
         mask = _select(scores, keep[unit], r)
@@ -167,7 +224,13 @@ def _visit(graph, oracle, rule: _Rule, unit: str, tasks, s: PruneSettings, img_s
     return d
 
 
-def _topk(graph: ChannelGraph, decisions: list[dict[str, Any]], n_units: int, s: PruneSettings) -> Keep:
+def _scores(graph: ChannelGraph, oracle: NaiveOracle, keep: Keep, unit: str, criterion: str) -> torch.Tensor:
+    if criterion == "act":
+        return oracle.activation_scores(keep, unit)
+    return naive_scores(graph, keep, unit, criterion)
+
+
+def _topk(graph, oracle, decisions: list[dict[str, Any]], n_units: int, s: PruneSettings) -> Keep:
     """Mark the int(n_units * topk) most loss-efficient pruned units selected; prune them from scratch."""
     candidates = [d for d in decisions if d["ratio"] > 0 and d["flops_removed"] > 0]
     for d in candidates:
@@ -177,7 +240,8 @@ def _topk(graph: ChannelGraph, decisions: list[dict[str, Any]], n_units: int, s:
     for d in decisions:
         d["selected"] = d["name"] in chosen
         if d["selected"]:
-            final[d["name"]] = _select(naive_scores(graph, final, d["name"], s.saliency), final[d["name"]], d["ratio"])
+            scores = _scores(graph, oracle, final, d["name"], s.saliency)
+            final[d["name"]] = _select(scores, final[d["name"]], d["ratio"])
         d["channels_after"] = int(final[d["name"]].sum())
     return final
 
@@ -206,7 +270,7 @@ def naive_prune(
     base = oracle.losses(keep)
     rule = _Rule(keep, rate, lam, base.clone(), base.clone())
     decisions = [_visit(graph, oracle, rule, u, list(tasks), s, img_size) for u in order]
-    final = _topk(graph, decisions, len(order), s)
+    final = _topk(graph, oracle, decisions, len(order), s)
     return {"keep": final, "decisions": decisions, "order": order, "lambda": lam,
             "evaluations": oracle.evaluations, "base": base.tolist()}  # fmt: skip
 

@@ -21,6 +21,7 @@ import torch
 from torch import fx
 
 from pagcp.engine.executor import Executor
+from pagcp.engine.saliency import activation_scores
 from pagcp.errors import ConfigError
 from pagcp.graph import ChannelGraph, Keep
 
@@ -54,6 +55,9 @@ class Oracle(Protocol):
     ) -> list[Evaluation]:
         """Candidates (keep-masks of ``unit``, others as in ``keep``) in order, stopping after the first whose
         losses exceed ``bound`` in any task (that one may be incomplete)."""
+
+    def activation_scores(self, keep: Keep, unit: str) -> torch.Tensor:
+        """Saliency ``act`` of ``unit``'s channels on the oracle's data (see docs/algorithm.md)."""
 
 
 def _rows(value: Any) -> int:
@@ -146,6 +150,10 @@ class SubsetOracle:
             out = self.executor.run([inputs])
             total += self._batch_losses(out, targets, inputs.shape[0])
         return total
+
+    def activation_scores(self, keep: Keep, unit: str) -> torch.Tensor:
+        """Mean |activation| of ``unit``'s channels over the oracle's batches (:func:`activation_scores`)."""
+        return activation_scores(self.executor, self.batches, keep, unit)
 
     def evaluate(
         self, keep: Keep, unit: str, candidates: Sequence[torch.Tensor], bound: torch.Tensor

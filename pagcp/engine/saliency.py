@@ -16,6 +16,7 @@ from pagcp.errors import ConfigError
 from pagcp.graph import ChannelGraph, Keep
 from pagcp.ops import filter_saliency
 
+#: weight criteria (need no data); ``act`` (mean |activation| on the oracle's data) is computed by the oracle
 CRITERIA = ("l1", "l2")
 
 
@@ -47,6 +48,31 @@ def unit_scores(
         if p == 2:
             value = value.sqrt()
         scores[name].index_add_(0, ref.unit_index, value[ref.positions])
+    return scores
+
+
+def activation_scores(executor, batches, keep: Keep, unit: str) -> torch.Tensor:
+    """Saliency ``act`` of a unit's channels: for each member (producer or tied depthwise conv), the mean |value|
+    of its output channel (after the BN and activation it absorbs) over every image and pixel of ``batches``,
+    summed over the members; computed on the network pruned by ``keep``. float64, CPU; pruned channels get 0.
+    """
+    graph = executor.graph
+    u = graph[unit]
+    members = [*u.producers, *u.depthwise]
+    executor.set_keep(keep)
+    totals: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    for inputs, _ in batches:
+        for name, (value, count) in executor.activity([inputs], {r.module for r in members}).items():
+            totals[name] = totals[name] + value if name in totals else value
+            counts[name] = counts.get(name, 0) + count
+    scores = torch.zeros(u.size, dtype=torch.float64)
+    for ref in members:
+        out_keep = graph.module_keep(keep, ref.module)[0]
+        row = torch.cumsum(out_keep.long(), 0) - 1  # full output channel -> compact channel
+        alive = out_keep[ref.positions]
+        mean = totals[ref.module] / max(counts[ref.module], 1)
+        scores.index_add_(0, ref.unit_index[alive], mean[row[ref.positions[alive]]])
     return scores
 
 

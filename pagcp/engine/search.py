@@ -138,7 +138,7 @@ class Search:
         st, s = self.state, self.settings
         keep = st.keep
         width = keep.kept(name)
-        scores = unit_scores(self.graph, keep, [name], s.saliency, self.backend)[name]
+        scores = self._scores(keep, name)
         masks = [select_keep(scores, keep[name], r) for r in s.ratios]
         base = torch.tensor(st.base, dtype=torch.float64)
         bound = base * (1 + st.thres)
@@ -167,6 +167,12 @@ class Search:
                 st.base = torch.maximum(base, losses_at(accepted)).tolist()
                 st.current = losses_at(accepted).tolist()
         return decision
+
+    def _scores(self, keep: Keep, name: str) -> torch.Tensor:
+        """Saliency of a unit's channels on the network pruned by ``keep``, by the settings' criterion."""
+        if self.settings.saliency == "act":
+            return self.oracle.activation_scores(keep, name)
+        return unit_scores(self.graph, keep, [name], self.settings.saliency, self.backend)[name]
 
     def _first_trip(
         self, losses_at: Callable[[int], torch.Tensor], bound: torch.Tensor
@@ -206,7 +212,7 @@ class Search:
         for d in decisions:
             d.selected = d.name in chosen
             if d.selected:
-                scores = unit_scores(self.graph, keep, [d.name], s.saliency, self.backend)[d.name]
+                scores = self._scores(keep, d.name)
                 keep[d.name] = select_keep(scores, keep[d.name], d.ratio)
                 d.channels_after = keep.kept(d.name)
             else:

@@ -12,6 +12,8 @@ from pagcp.errors import ConfigError
 RATIOS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
 COMPRESSIONS = ("global", "backbone")
 COMPAT_MODES = ("default", "reference")
+#: filter weights (l1: mean |w|, l2: RMS w) or activations on the oracle's data (act: mean |output|)
+SALIENCIES = ("l1", "l2", "act")
 
 
 @dataclass
@@ -55,8 +57,8 @@ class PruneSettings:
             raise bad("ratios", f"{self.ratios} must be ascending values in (0, 1)")
         if self.compression not in COMPRESSIONS:
             raise bad("compression", f"{self.compression!r}; use one of {', '.join(COMPRESSIONS)}")
-        if self.saliency not in ("l1", "l2"):
-            raise bad("saliency", f"{self.saliency!r}; use l1 or l2")
+        if self.saliency not in SALIENCIES:
+            raise bad("saliency", f"{self.saliency!r}; use one of {', '.join(SALIENCIES)}")
         if self.compat not in COMPAT_MODES:
             raise bad("compat", f"{self.compat!r}; use one of {', '.join(COMPAT_MODES)}")
         if self.target_gflops is not None and not 0 < self.target_gflops < 1:
