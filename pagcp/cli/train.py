@@ -16,22 +16,21 @@ from typing import Any
 
 import torch.distributed as dist
 
+from pagcp.cli.common import Parser, guarded
 from pagcp.data import load_data_config
 from pagcp.devices import distributed_env, init_distributed, select_device
-from pagcp.errors import ConfigError, PagcpError
+from pagcp.errors import ConfigError
 from pagcp.models.checkpoint import load_model
-from pagcp.training.loop import TrainSettings, latest_run_checkpoint, read_train_state, seed_everything, train
+from pagcp.training.loop import train
+from pagcp.training.settings import TrainSettings
+from pagcp.training.state import latest_run_checkpoint, read_train_state, seed_everything
 
+PROG = "python -m pagcp.train"
 LOGGER = logging.getLogger("pagcp.train")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m pagcp.train", description="Train or fine-tune a YOLOv5 model (pagcp).")
+    p = Parser(prog=PROG, description="Train or fine-tune a YOLOv5 model (pagcp).")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--weights", help="initial weights: a pagcp/YOLOv5 checkpoint or a bundled name (fine-tuning)")
     src.add_argument("--cfg", help="model config to train from scratch: a bundled name (yolov5n) or a yaml")
@@ -154,16 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rank = distributed_env()[0]
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
-    try:
-        results = run(args)
-    except PagcpError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if rank == 0:
+    code, results = guarded(PROG, lambda: run(args))
+    if code == 0 and rank == 0:
         print(format_results(results))
         if args.json:
             print(json.dumps(results))
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -13,24 +13,21 @@ import os
 import sys
 from typing import Any
 
+from pagcp.cli.common import Parser, guarded
 from pagcp.data.config import coco_ground_truth, load_data_config
 from pagcp.data.dataset import create_dataloader
 from pagcp.detection.evaluate import detect_head, evaluate, format_table
 from pagcp.devices import select_device
-from pagcp.errors import ConfigError, PagcpError
+from pagcp.errors import ConfigError
 from pagcp.runs import increment_run_dir
 
+PROG = "python -m pagcp.val"
 LOGGER = logging.getLogger(__name__)
 COCO_JSON_IOU = 0.65
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m pagcp.val", description="Validate a YOLOv5 model on a YOLO-format dataset.")
+    p = Parser(prog=PROG, description="Validate a YOLOv5 model on a YOLO-format dataset.")
     p.add_argument("--weights", default="yolov5s", help="model: config name, bundled checkpoint, .pt or yaml")
     p.add_argument("--data", default="demo", help="data yaml, or 'demo' (generated on first use)")
     p.add_argument("--img", "--img-size", "--imgsz", dest="img", type=int, default=640, help="image size (px)")
@@ -148,11 +145,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        result = run(args)
-    except PagcpError as e:
-        print(f"python -m pagcp.val: error: {e}", file=sys.stderr)
-        return 2
+    code, result = guarded(PROG, lambda: run(args))
+    if code:
+        return code
     print(format_table(result))
     ms = result["ms_per_image"]
     print(f"Speed: {ms['model']:.1f} ms model, {ms['nms']:.1f} ms NMS per image; {result['seconds']:.1f} s total")

@@ -3,6 +3,8 @@
 Rectangular letterboxed batches (pad 0.5), confidence threshold 0.001, class-aware multi-label NMS at IoU
 0.6 (0.65 when a COCO json is evaluated), at most 300 detections per image; mAP50 and mAP50-95 from
 :mod:`pagcp.detection.metrics`; optionally the predictions as a COCO json scored by pycocotools.
+This module owns the pass itself (loader, model preparation, forward, NMS, timing); what it accumulates per
+image and the figures it ends with are :mod:`pagcp.detection.val_stats`.
 
 ``evaluate(model, data, ...)`` is the library half of ``python -m pagcp.val``: pruning, training and the
 benchmarks call it in-process; :mod:`pagcp.cli.val` wraps it in the command line.
@@ -11,13 +13,11 @@ benchmarks call it in-process; :mod:`pagcp.cli.val` wraps it in the command line
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -25,19 +25,8 @@ from tqdm import tqdm
 
 from pagcp.data.config import coco_ground_truth, is_coco_dataset, load_data_config
 from pagcp.data.dataset import create_dataloader
-from pagcp.detection.metrics import (
-    IOU_THRESHOLDS,
-    ap_per_class,
-    category_ids_from_json,
-    coco_evaluate,
-    coco_image_id,
-    detections_to_coco,
-    match_detections,
-    non_max_suppression,
-    scale_boxes,
-    summarize,
-    xywh_to_xyxy,
-)
+from pagcp.detection.metrics import IOU_THRESHOLDS, category_ids_from_json, non_max_suppression
+from pagcp.detection.val_stats import ValidationStats
 from pagcp.devices import select_device
 from pagcp.errors import ConfigError
 
@@ -45,10 +34,12 @@ LOGGER = logging.getLogger(__name__)
 
 
 def detect_head(model: nn.Module) -> nn.Module:
+    """The Detect layer of a YOLO model (its last layer: ``nc``, ``stride``), or the model itself."""
     return model.model[-1] if hasattr(model, "model") else model
 
 
 def _val_loader(model: nn.Module, data: Any, img_size: int, batch_size: int, workers: int, split: str):
+    """(rectangular validation loader of ``split``, data config) for a data yaml, dict or ``"demo"``."""
     cfg = load_data_config(data)
     if cfg.get(split) is None:
         raise ConfigError(f"{cfg['yaml_file'] or 'data'}: no '{split}' split")
@@ -65,6 +56,36 @@ def _val_loader(model: nn.Module, data: Any, img_size: int, batch_size: int, wor
         prefix=f"{split}: ",
     )
     return loader, cfg
+
+
+def _prepare_model(model: nn.Module, device: str | torch.device | None, half: bool) -> tuple[nn.Module, bool]:
+    """The network to run (an fp16 copy with ``half`` on CUDA, else ``model`` itself) in eval mode, and
+    whether it is fp16; ``model`` is moved to ``device`` first when one is given."""
+    if device is not None:
+        model.to(select_device(device))
+    half = half and next(model.parameters()).device.type == "cuda"
+    net = copy.deepcopy(model).half() if half else model
+    return net, half
+
+
+def _check_names(model: nn.Module, names: Sequence[str] | None) -> list[str]:
+    """Class names: those given, else the model's, else "0".."nc-1"; their count must be the model's nc."""
+    nc = int(detect_head(model).nc)
+    names = list(names) if names is not None else list(getattr(model, "names", [str(i) for i in range(nc)]))
+    if len(names) != nc:
+        raise ConfigError(f"the model predicts {nc} classes but {len(names)} class names were given")
+    return names
+
+
+def _coco_setup(json_path: str | None, coco_gt: str | None, cfg: dict, nc: int) -> tuple[str | None, list | None]:
+    """The COCO ground truth json (given, or the data config's when a json is written) and the class index ->
+    category id map (None without both a json path and a ground truth)."""
+    if coco_gt is None and cfg and json_path:
+        coco_gt = coco_ground_truth(cfg)
+    category_ids = None
+    if json_path and coco_gt:
+        category_ids = category_ids_from_json(coco_gt, nc, is_coco=bool(cfg) and is_coco_dataset(cfg))
+    return coco_gt, category_ids
 
 
 @torch.no_grad()
@@ -103,102 +124,66 @@ def evaluate(
     else:
         loader, cfg = _val_loader(model, data, img_size, batch_size, workers, split)
         names = names or cfg["names"]
-    det_head = detect_head(model)
-    nc = int(det_head.nc)
-    names = list(names) if names is not None else list(getattr(model, "names", [str(i) for i in range(nc)]))
-    if len(names) != nc:
-        raise ConfigError(f"the model predicts {nc} classes but {len(names)} class names were given")
-    if device is not None:
-        model.to(select_device(device))
-    dev = next(model.parameters()).device
-    half = half and dev.type == "cuda"
-    net = copy.deepcopy(model).half() if half else model
+    names = _check_names(model, names)
+    net, half = _prepare_model(model, device, half)
     was_training = model.training
     net.eval()
-    if coco_gt is None and cfg and json_path:
-        coco_gt = coco_ground_truth(cfg)
-    category_ids = None
-    if json_path and coco_gt:
-        category_ids = category_ids_from_json(coco_gt, nc, is_coco=bool(cfg) and is_coco_dataset(cfg))
-    stats: list[tuple[torch.Tensor, ...]] = []
-    predictions: list[dict[str, Any]] = []
-    image_ids: list[Any] = []
+    coco_gt, category_ids = _coco_setup(json_path, coco_gt, cfg, len(names))
+    dev = next(model.parameters()).device
+    stats = ValidationStats(IOU_THRESHOLDS.to(dev), match_order, bool(json_path), category_ids)
+    nms = (conf_thres, iou_thres, max_det)
+    loss, t_model, t_nms = _run_batches(net, loader, dev, half, nms, stats, compute_loss, progress)
+    if was_training:
+        model.train()
+    result = stats.summary(names)
+    if compute_loss is not None:
+        mean = (loss / max(len(loader), 1)).tolist()
+        result["loss"] = {"box": mean[0], "obj": mean[1], "cls": mean[2]}
+    if json_path:
+        result.update(stats.write_coco(json_path, coco_gt))
+    result["seconds"] = time.perf_counter() - start
+    seen = max(stats.seen, 1)
+    result["ms_per_image"] = {"model": 1000 * t_model / seen, "nms": 1000 * t_nms / seen}
+    return result
+
+
+def _run_batches(
+    net: nn.Module,
+    loader: DataLoader,
+    dev: torch.device,
+    half: bool,
+    nms: tuple[float, float, int],
+    stats: ValidationStats,
+    compute_loss: Any,
+    progress: bool,
+) -> tuple[torch.Tensor, float, float]:
+    """Forward and NMS (``nms``: conf_thres, iou_thres, max_det) over every batch into ``stats``.
+
+    Returns the summed (box, obj, cls) loss (zeros without ``compute_loss``) and the seconds spent in the
+    model (with the loss) and in NMS.
+    """
     loss = torch.zeros(3, device=dev)
-    seen, t_model, t_nms = 0, 0.0, 0.0
-    iouv = IOU_THRESHOLDS.to(dev)
+    t_model, t_nms = 0.0, 0.0
     bar = tqdm(loader, desc="validating", unit="batch", disable=None if progress else True, leave=False)
     for imgs, targets, paths, shapes in bar:
         t0 = time.perf_counter()
         imgs = imgs.to(dev, non_blocking=True)
         imgs = (imgs.half() if half else imgs.float()) / 255
         targets = targets.to(dev)
-        out = net(imgs)
-        decoded, raw = out if isinstance(out, (tuple, list)) else (out, None)
+        decoded, raw = _split_output(net(imgs))
         if compute_loss is not None and raw is not None:
             loss += compute_loss([r.float() for r in raw], targets)[1]
         t1 = time.perf_counter()
-        detections = non_max_suppression(decoded.float(), conf_thres, iou_thres, max_det)
+        detections = non_max_suppression(decoded.float(), *nms)
         t2 = time.perf_counter()
         t_model, t_nms = t_model + t1 - t0, t_nms + t2 - t1
-        height, width = imgs.shape[2:]
-        scale = torch.tensor([width, height, width, height], device=dev, dtype=torch.float32)
-        for si, det in enumerate(detections):
-            labels = targets[targets[:, 0] == si, 1:]
-            seen += 1
-            if len(labels):
-                labels = torch.cat((labels[:, :1], xywh_to_xyxy(labels[:, 1:5] * scale)), 1)
-            correct = match_detections(det, labels, iouv, order=match_order)
-            stats.append(
-                (correct, det[:, 4].cpu(), det[:, 5].cpu(), labels[:, 0].cpu() if len(labels) else torch.zeros(0))
-            )
-            if json_path:
-                image_id = coco_image_id(paths[si])
-                image_ids.append(image_id)
-                if len(det):
-                    shape = shapes[si]
-                    to_shape = shape[0] if shape else (height, width)
-                    boxes = scale_boxes(det[:, :4], (height, width), to_shape, shape[1] if shape else None)
-                    predictions += detections_to_coco(torch.cat((boxes, det[:, 4:]), 1).cpu(), image_id, category_ids)
-    if was_training:
-        model.train()
-    tp, conf, pred_cls, target_cls = (
-        (torch.cat(x, 0).numpy() for x in zip(*stats))
-        if stats
-        else (np.zeros((0, 10), bool), np.zeros(0), np.zeros(0), np.zeros(0))
-    )
-    per = ap_per_class(tp, conf, pred_cls, target_cls)
-    result: dict[str, Any] = summarize(per)
-    images_with = {int(c): 0 for c in per["classes"]}
-    for s in stats:
-        for c in np.unique(s[3].numpy()).astype(int):
-            images_with[c] += 1
-    result["per_class"] = [
-        {
-            "class": names[c],
-            "id": int(c),
-            "images": images_with[int(c)],
-            "instances": int(n),
-            "precision": float(p),
-            "recall": float(r),
-            "ap50": float(ap[0]),
-            "ap50_95": float(ap.mean()),
-        }
-        for c, n, p, r, ap in zip(per["classes"], per["n_labels"], per["p"], per["r"], per["ap"])
-    ]
-    result.update(images=seen, instances=int(len(target_cls)))
-    if compute_loss is not None:
-        mean = (loss / max(len(loader), 1)).tolist()
-        result["loss"] = {"box": mean[0], "obj": mean[1], "cls": mean[2]}
-    if json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump(predictions, f)
-        result["json"] = json_path
-        if coco_gt:
-            result.update(coco_evaluate(coco_gt, predictions, image_ids))
-    result["seconds"] = time.perf_counter() - start
-    result["ms_per_image"] = {"model": 1000 * t_model / max(seen, 1), "nms": 1000 * t_nms / max(seen, 1)}
-    return result
+        stats.add_batch(detections, targets, paths, shapes, tuple(imgs.shape[2:]))
+    return loss, t_model, t_nms
+
+
+def _split_output(out: Any) -> tuple[torch.Tensor, Any]:
+    """(decoded predictions, raw head outputs or None) of a detector's forward in eval mode."""
+    return out if isinstance(out, (tuple, list)) else (out, None)
 
 
 def format_table(result: dict[str, Any]) -> str:

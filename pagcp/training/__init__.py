@@ -1,5 +1,10 @@
-"""Training and fine-tuning: the loop (single process or torchrun DDP, exact resume), the optimizer and lr
-schedule, EMA of the weights, the resumable training state, the per-epoch results log.
+"""Training and fine-tuning of YOLOv5 models, single process or torchrun DDP, resumable exactly.
+
+Modules: :mod:`.loop` (``train``: epochs and steps), :mod:`.settings` (``TrainSettings`` and their checks),
+:mod:`.loaders` (train/val loaders, per-epoch reseeding), :mod:`.components` (model, DDP wrapper, optimizer,
+grad scaler, EMA, loss), :mod:`.optim` (parameter groups, lr schedule), :mod:`.ema` (weight averaging),
+:mod:`.state` (the resumable training state in ``last.pt``), :mod:`.records` (run folder, per-epoch
+checkpoints and results row), :mod:`.results` (``results.csv`` / ``results.png``).
 
 ``pagcp.training.train(model, data, TrainSettings(...))`` is the entry point (imported lazily).
 """
@@ -9,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {"train": "pagcp.training.loop", "TrainSettings": "pagcp.training.loop"}
+_LAZY = {"train": "pagcp.training.loop", "TrainSettings": "pagcp.training.settings"}
 
 __all__ = sorted(_LAZY)
 

@@ -1,0 +1,59 @@
+"""The settings of a training run: ``TrainSettings`` (saved as ``opt.yaml`` and in ``last.pt``) and the checks
+that they fit the model, the data and the process count before anything is built."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from pagcp.errors import ConfigError
+from pagcp.training.ema import unwrap
+from pagcp.training.optim import NOMINAL_BATCH, WARMUP_MIN_ITERS
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """Resolved settings of a run (saved as ``opt.yaml`` and in ``last.pt``)."""
+
+    epochs: int = 100
+    img_size: int = 640
+    batch_size: int = 16  # total over all processes
+    device: str = "cpu"
+    hyp: str | dict = "scratch"
+    workers: int = 2
+    seed: int = 0
+    project: str = "runs/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    save_dir: str | None = None  # set when the run starts (or from the resumed checkpoint)
+    sync_bn: bool = False
+    cache: bool = False
+    nominal_batch: int = NOMINAL_BATCH
+    warmup_min_iters: int = WARMUP_MIN_ITERS
+    ema_decay: float = 0.9999
+    weights: str | None = None  # provenance only: what the model was loaded from
+    data: str | None = None  # data spec as given ("demo", a yaml path)
+
+
+def check_settings(model: nn.Module, cfg: dict, s: TrainSettings, world: int) -> int:
+    """Raise ``ConfigError`` when the settings do not fit the model, data config or process count.
+
+    Returns the model's stride (at least 32), the multiple every image size must be.
+    """
+    stride = int(max(unwrap(model).stride.max().item(), 32))
+    if s.img_size % stride:
+        raise ConfigError(f"--img {s.img_size}: must be a multiple of the model's max stride {stride}")
+    if s.epochs < 1:
+        raise ConfigError(f"--epochs {s.epochs}: must be at least 1")
+    if s.batch_size < 1 or s.batch_size % world:
+        raise ConfigError(f"--batch {s.batch_size}: must be a positive multiple of the process count {world}")
+    nc = int(unwrap(model).nc)
+    if nc != cfg["nc"]:
+        raise ConfigError(
+            f"--data {s.data}: has nc={cfg['nc']} classes but the model (--weights/--cfg) has "
+            f"nc={nc}; train a model built for this data (e.g. --cfg yolov5n) or use matching data"
+        )
+    if not cfg.get("train"):
+        raise ConfigError(f"--data {s.data}: no 'train' split")
+    return stride
