@@ -20,7 +20,9 @@ def select_device(device: str | torch.device | None, local_rank: int = 0, world_
         return device
     text = str(device or "").strip().lower()
     if text in ("", "auto"):
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        text = "0"
     if text == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,11 +60,11 @@ def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("prune")
     proc = _prune([*BASE, "--project", str(root / "runs"), "--json"], root)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    return root, report, proc.stdout
+    return root, report, proc.stdout, proc.stderr
 
 
 def test_report_and_checkpoint_agree(finished):
-    root, report, stdout = finished
+    root, report, stdout, log = finished
     run_dir = root / "runs" / "exp"
     assert {p.name for p in run_dir.iterdir()} >= {
         "pruned.pt",
@@ -76,6 +79,20 @@ def test_report_and_checkpoint_agree(finished):
     assert report["gflops_after"] < report["gflops_before"] and report["params_after"] < report["params_before"]
     assert len(report["units"]) == 50 and report["evaluations"] > 0 and report["lambda"] < 1
     assert "fine-tuned" in stdout and "GFLOPs" in stdout
+    selected = sum(u["selected"] for u in report["units"])
+    searched = sum(u["ratio"] > 0 for u in report["units"])
+    assert re.search(rf"topk 0.8: keeping {selected} of {searched} units pruned, [0-9.]+ -> [0-9.]+ GFLOPs", log), log
+    assert "validating the original model" in log and "validating the pruned model" in log
+    md = (run_dir / "report.md").read_text()
+    assert f"python -m pagcp.val --weights {run_dir / 'pruned.pt'} --data {DATA} --img 96" in md
+    for u in report["units"]:
+        if u["ratio"] > 0 and not u["selected"]:
+            width = u["channels_before"]
+            assert (
+                f"| `{u['name']}` | {width} → {width} | searched to {u['ratio']:.2f}, left unpruned by topk 0.8" in md
+            )
+        if u["selected"]:
+            assert f"pruned {u['channels_before']} → {u['channels_after']} at ratio {u['ratio']:.2f}" in md
     model = pagcp.load_model(run_dir / "pruned.pt")
     stats = pagcp.model_stats(model, 96)
     assert stats["gflops"] == pytest.approx(report["gflops_after"], rel=1e-12)
@@ -88,7 +105,7 @@ def test_report_and_checkpoint_agree(finished):
 
 
 def test_ctrl_c_then_resume_gives_the_same_decisions(finished, tmp_path):
-    _, report, _ = finished
+    _, report, _, _ = finished
     runs = tmp_path / "runs"
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     proc = subprocess.Popen(
@@ -118,6 +135,48 @@ def test_ctrl_c_then_resume_gives_the_same_decisions(finished, tmp_path):
     again = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert again["units"] == report["units"]
     assert again["gflops_after"] == report["gflops_after"]
+    assert again["evaluations"] == report["evaluations"]  # the work done before the kill is counted once
+    position = saved["position"]
+    pattern = rf"resuming .*state.json: round 0, {position} of (\d+) units decided, next (\S+); (\d+) evaluations done"
+    said = re.search(pattern, resumed.stderr)
+    assert said, resumed.stderr[-2000:]
+    assert int(said[1]) == 50 and int(said[3]) == saved["evaluations"] > 0
+
+
+def test_resume_of_a_finished_run_redoes_nothing(finished):
+    root, report, _, _ = finished
+    run_dir = root / "runs" / "exp"
+    stamps = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.is_file()}
+    again = _prune(["--resume", str(run_dir), "--json"], root)
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == report
+    assert "has finished" in again.stderr and "nothing to redo" in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.is_file()} == stamps
+
+
+def test_img_not_a_stride_multiple_is_rounded_and_said(caplog):
+    from pagcp.cli.prune import _load_job, build_parser
+
+    flags = [*BASE[:4], "--img", "100", "--subset", "16", "--device", "cpu"]
+    with caplog.at_level("WARNING"):
+        job = _load_job(build_parser().parse_args(flags))
+    assert job.img == 128
+    assert caplog.messages == ["--img 100 must be a multiple of max stride 32, updating to 128"]
+
+
+@pytest.mark.parametrize("command", ["prune", "train", "val"])
+def test_every_flag_has_help_and_its_default(command):
+    parser = importlib.import_module(f"pagcp.cli.{command}").build_parser()
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"{command} {action.option_strings[0]} has no help text"
+        entry = " ".join(" ".join(parser._get_formatter()._format_action(action).split()).split())
+        assert entry in text
+        assert entry.count("(default: ") <= 1, entry  # the default is said once
+        unset = action.default is None or action.default is False or action.default == ""
+        if not unset:
+            assert f"(default: {action.default})" in entry or "default" in action.help, entry
 
 
 def test_bad_input_fails_before_any_work(tmp_path):

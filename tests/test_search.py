@@ -243,7 +243,7 @@ def test_engine_decisions_equal_naive_with_activation_saliency(yolo):
     assert weights != keep  # activations choose other channels than weight magnitudes
 
 
-def test_search_resume_gives_identical_result(tmp_path, yolo):
+def test_search_resume_gives_identical_result(tmp_path, yolo, caplog):
     _, graph, problem = yolo
     settings = PruneSettings(compression="backbone", **SMALL)
 
@@ -270,7 +270,32 @@ def test_search_resume_gives_identical_result(tmp_path, yolo):
     resumed = fresh(tmp_path / "part.json").run(resume=True)
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)
     final = json.loads((tmp_path / "part.json").read_text())
-    assert final["decisions"] == json.loads((tmp_path / "whole.json").read_text())["decisions"]
+    whole_state = json.loads((tmp_path / "whole.json").read_text())
+    assert final["decisions"] == whole_state["decisions"]
+    assert final["evaluations"] == whole_state["evaluations"] == whole.oracle.evaluations > 0
+    assert final["history"][-1]["evaluations"] == whole_state["history"][-1]["evaluations"]
+
+    # killed inside a unit: that unit's evaluations are lost with it and counted once, when it is redone
+    mid = fresh(tmp_path / "mid.json")
+    calls, evaluate = [], mid.oracle.evaluate
+
+    def evaluate_then_stop(*args, **kwargs):
+        calls.append(1)
+        result = evaluate(*args, **kwargs)
+        if len(calls) == 5:
+            raise Stop
+        return result
+
+    mid.oracle.evaluate = evaluate_then_stop
+    with pytest.raises(Stop):
+        mid.run()
+    assert json.loads((tmp_path / "mid.json").read_text())["position"] == 4
+    again = fresh(tmp_path / "mid.json")
+    with caplog.at_level("INFO", logger="pagcp.engine.search"):
+        again.run(resume=True)
+    assert json.loads((tmp_path / "mid.json").read_text())["evaluations"] == whole_state["evaluations"]
+    assert any(f"round 0, 4 of {len(whole_state['order'])} units decided, next {whole_state['order'][4]}" in m
+               for m in caplog.messages), caplog.messages  # fmt: skip
 
     other = problem.oracle(graph)
     changed = Search(

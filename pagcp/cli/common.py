@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -11,10 +12,35 @@ from pagcp.errors import PagcpError
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line: ``python -m pagcp.X: error: <what> (see --help)``."""
+    """argparse whose errors are one line: ``python -m pagcp.X: error: <what> (see --help)``; help shows defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D102  (argparse's hook)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that ends each flag's line with its default, unless the text already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS)
+        if "default" in text or unset or isinstance(action, argparse._HelpAction):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def image_size(img: int, stride: int) -> int:
+    """``--img`` rounded up to a multiple of the model's stride, saying so once when it changes."""
+    rounded = -(-img // stride) * stride
+    if rounded != img:
+        logging.getLogger("pagcp").warning(
+            "--img %d must be a multiple of max stride %d, updating to %d", img, stride, rounded
+        )
+    return rounded
 
 
 def guarded(prog: str, fn: Callable[[], Any]) -> tuple[int, Any]:

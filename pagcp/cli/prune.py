@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from pagcp.cli.common import Parser, guarded
+from pagcp.cli.common import Parser, guarded, image_size
 from pagcp.engine.settings import COMPAT_MODES, COMPRESSIONS, SALIENCIES, PruneSettings
 from pagcp.errors import ConfigError
 
@@ -42,7 +42,10 @@ def _subset(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog=PROG, description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(
+        prog=PROG,
+        description=__doc__.split("\n")[0],
+    )
     g = p.add_argument_group("model and data (YOLOv5's names)")
     g.add_argument("--weights", default="yolov5n-demo", help="checkpoint: bundled name, official .pt or pagcp .pt")
     g.add_argument("--data", default="demo", help="data yaml, or 'demo'")
@@ -51,36 +54,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="oracle batch (the reference's loader uses 2 x batch, see --compat)")  # fmt: skip
     g.add_argument("--subset", type=_subset, default=DEFAULT_SUBSET,
                    help="oracle images drawn (seeded) from the val split, or 'all'")  # fmt: skip
-    g.add_argument("--device", default="cpu", help="cpu, 0, cuda:0")
+    g.add_argument(
+        "--device", default="", help="cpu, 0, cuda:0 (default: the first CUDA device when there is one, else cpu)"
+    )
     g.add_argument("--workers", type=int, default=0, help="dataloader workers")
     g.add_argument("--seed", type=int, default=0, help="seed of the oracle subset")
     r = p.add_argument_group("the decision rule (the reference's names; underscore spellings work too)")
-    r.add_argument("--initial-rate", "--initial_rate", dest="initial_rate", type=float, default=0.06)
-    r.add_argument("--initial-thres", "--initial_thres", dest="initial_thres", type=float, default=6.0)
+    r.add_argument("--initial-rate", "--initial_rate", dest="initial_rate", type=float, default=0.06,
+                   help="loss-rise threshold of the first unit (a task trips past base x (1 + rate))")  # fmt: skip
+    r.add_argument("--initial-thres", "--initial_thres", dest="initial_thres", type=float, default=6.0,
+                   help="product of all (1 + threshold) factors of a round; with --exp it fixes lambda")  # fmt: skip
     r.add_argument("--exp", action=argparse.BooleanOptionalAction, default=True,
                    help="decay the threshold by lambda after each accepted unit")  # fmt: skip
     r.add_argument("--topk", type=float, default=0.8, help="fraction of units kept pruned (most loss-efficient)")
-    r.add_argument("--compression", choices=COMPRESSIONS, default="global")
+    r.add_argument("--compression", choices=COMPRESSIONS, default="global",
+                   help="units searched: global (every prunable unit) or backbone (the first 10 layers)")  # fmt: skip
     saliency_help = "channel scores: l1/l2 of the filter weights, or act: mean |activation| on the oracle images"
     r.add_argument("--saliency", choices=SALIENCIES, default="l1", help=saliency_help)
-    r.add_argument("--round", type=int, default=0)
-    r.add_argument("--rate-slope", "--rate_slope", dest="rate_slope", type=float, default=0.0)
-    r.add_argument("--thres-slope", "--thres_slope", dest="thres_slope", type=float, default=0.0)
+    r.add_argument("--round", type=int, default=0, help="index of the (first) round: rate and thres follow the slopes")
+    r.add_argument("--rate-slope", "--rate_slope", dest="rate_slope", type=float, default=0.0,
+                   help="added to --initial-rate per round")  # fmt: skip
+    r.add_argument("--thres-slope", "--thres_slope", dest="thres_slope", type=float, default=0.0,
+                   help="added to --initial-thres per round")  # fmt: skip
     r.add_argument("--target-gflops", "--target_gflops", dest="target_gflops", type=float, default=None,
-                   help="run rounds until GFLOPs <= this fraction of the original")  # fmt: skip
-    r.add_argument("--max-rounds", "--max_rounds", dest="max_rounds", type=int, default=8)
+                   help="run rounds until GFLOPs <= this fraction of the original (default: one round)")  # fmt: skip
+    r.add_argument("--max-rounds", "--max_rounds", dest="max_rounds", type=int, default=8,
+                   help="most rounds --target-gflops may run")  # fmt: skip
     r.add_argument("--compat", choices=COMPAT_MODES, default="default",
                    help="'reference' reproduces the reference implementation, quirks included")  # fmt: skip
     r.add_argument("--chunk", type=int, default=0, help="candidates per oracle pass (0: 1 on CPU, 4 on GPU)")
     f = p.add_argument_group("fine-tuning and output")
-    f.add_argument("--finetune-epochs", "--finetune_epochs", dest="finetune_epochs", type=int, default=1)
-    f.add_argument("--finetune-batch", "--finetune_batch", dest="finetune_batch", type=int, default=16)
+    f.add_argument("--finetune-epochs", "--finetune_epochs", dest="finetune_epochs", type=int, default=1,
+                   help="fine-tuning epochs of the pruned model (0: search only)")  # fmt: skip
+    f.add_argument("--finetune-batch", "--finetune_batch", dest="finetune_batch", type=int, default=16,
+                   help="fine-tuning batch size")  # fmt: skip
     hyp_help = "fine-tuning hyp: finetune (short runs), scratch (the paper's long runs) or a yaml"
     f.add_argument("--hyp", default="finetune", help=hyp_help)
-    f.add_argument("--project", default="runs/prune")
-    f.add_argument("--name", default="exp")
+    f.add_argument("--project", default="runs/prune", help="folder of the run folders")
+    f.add_argument("--name", default="exp", help="run folder name (exp, exp2, ... when taken)")
     f.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue an interrupted run: its folder (default: the latest in --project)")  # fmt: skip
+                   help="continue an interrupted run: its folder, or none for the latest in --project")  # fmt: skip
     f.add_argument("--json", action="store_true", help="print the report as a JSON object on the last line")
     return p
 
@@ -160,7 +173,7 @@ def _load_job(args: argparse.Namespace) -> Job:
             f" use --subset all or at most {len(files)}"
         )
     stride = model_stride(model)
-    return Job(model, cfg, files, -(-args.img // stride) * stride, device)
+    return Job(model, cfg, files, image_size(args.img, stride), device)
 
 
 def _new_run(args: argparse.Namespace) -> Path:
@@ -219,8 +232,22 @@ def _search(args: argparse.Namespace, job: Job, settings: PruneSettings, run_dir
 
 
 def _finetune(model, args: argparse.Namespace, run_dir: Path, img: int):
-    from pagcp.training.loop import TrainSettings, train
+    """Fine-tune the pruned model; a resumed run reuses ``finetuned.pt`` or continues the interrupted fine-tune."""
+    from pagcp import load_model
+    from pagcp.training.loop import train
+    from pagcp.training.settings import TrainSettings
+    from pagcp.training.state import read_train_state
 
+    if args.resume and (run_dir / "finetuned.pt").is_file():
+        log.info("fine-tuning had finished: using %s", run_dir / "finetuned.pt")
+        return load_model(run_dir / "finetuned.pt", device=next(model.parameters()).device)
+    last = run_dir / "finetune" / "weights" / "last.pt"
+    if args.resume and last.is_file():
+        tuned, state = read_train_state(last)
+        log.info("continuing the interrupted fine-tune from %s (epoch %d of %d done)", last, state["epoch"] + 1,
+                 state["settings"]["epochs"])  # fmt: skip
+        result = train(tuned, args.data, TrainSettings(**state["settings"]), resume_state=state)
+        return result["model"].float().eval()
     s = TrainSettings(epochs=args.finetune_epochs, img_size=img, batch_size=args.finetune_batch, device=args.device,
                       hyp=args.hyp, workers=args.workers, project=str(run_dir), name="finetune", exist_ok=True,
                       weights=str(run_dir / "pruned.pt"), data=str(args.data))  # fmt: skip
@@ -232,6 +259,7 @@ def _validate(args: argparse.Namespace, job: Job, result, run_dir: Path, setting
     """Save the pruned (and fine-tuned) checkpoint; mAP before, after pruning and after fine-tuning."""
     from pagcp import model_stats, save_model
     from pagcp.detection.evaluate import evaluate
+    from pagcp.runs import write_json_atomic
 
     pruned = result.model.eval()
     stats_before, stats_after = model_stats(job.model, job.img), model_stats(pruned, job.img)
@@ -239,15 +267,23 @@ def _validate(args: argparse.Namespace, job: Job, result, run_dir: Path, setting
             "pagcp": settings.to_dict()}  # fmt: skip
     save_model(pruned, run_dir / "pruned.pt", **meta)
 
-    def val(m) -> dict[str, Any]:
-        return evaluate(m, job.cfg, img_size=job.img, batch_size=32, device=job.device, workers=args.workers,
-                        progress=False)  # fmt: skip
+    done_path = run_dir / "validation.json"  # figures already measured, kept for a resumed run
+    done = json.loads(done_path.read_text()) if args.resume and done_path.is_file() else {}
 
-    before, after, tuned = val(job.model), val(pruned), None
+    def val(m, which: str) -> dict[str, Any]:
+        if which not in done:
+            log.info("validating the %s model (%s split of %s, %d px)", which, "val", args.data, job.img)
+            r = evaluate(m, job.cfg, img_size=job.img, batch_size=32, device=job.device, workers=args.workers,
+                         progress=True)  # fmt: skip
+            done[which] = {"map50": r["map50"], "map50_95": r["map50_95"]}
+            write_json_atomic(done_path, done)
+        return done[which]
+
+    before, after, tuned = val(job.model, "original"), val(pruned, "pruned"), None
     if args.finetune_epochs > 0:
         tuned_model = _finetune(pruned, args, run_dir, job.img)
         save_model(tuned_model, run_dir / "finetuned.pt", **meta)
-        tuned = val(tuned_model)
+        tuned = val(tuned_model, "fine-tuned")
     return {
         "params_before": stats_before["params"], "params_after": stats_after["params"],
         "gflops_before": stats_before["gflops"], "gflops_after": stats_after["gflops"],
@@ -265,6 +301,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _check_args(args)
     resuming = args.resume is not None
     run_dir = _resumed_run(args) if resuming else None
+    if run_dir is not None and (run_dir / "report.json").is_file():
+        log.info("%s has finished (its report.json is written); nothing to redo. Results: %s", run_dir,
+                 run_dir / "report.md")  # fmt: skip
+        return json.loads((run_dir / "report.json").read_text())
     settings = settings_from_args(args)
     job = _load_job(args)
     run_dir = run_dir or _new_run(args)

@@ -53,14 +53,52 @@ def summary_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def units_table(units: list[dict[str, Any]]) -> str:
-    lines = ["| unit | channels before | after | ratio | tripped task | selected |", "|---|---:|---:|---:|---|---|"]
+def unit_outcome(u: dict[str, Any], topk: float) -> str:
+    """What happened to one unit, in words."""
+    tripped = f"; the next ratio tripped the {u['tripped_task']} loss" if u["tripped_task"] else ""
+    if u["selected"]:
+        return f"pruned {u['channels_before']} → {u['channels_after']} at ratio {u['ratio']:.2f}{tripped}"
+    if u["ratio"] > 0:
+        return f"searched to {u['ratio']:.2f}, left unpruned by topk {topk:g}{tripped}"
+    if u["tripped_task"]:
+        return f"kept whole: {u['tripped_task']} loss tripped at the first ratio"
+    return "kept whole"
+
+
+def units_table(units: list[dict[str, Any]], topk: float) -> str:
+    lines = ["| unit | channels | outcome |", "|---|---:|---|"]
     for u in units:
-        lines.append(
-            f"| `{u['name']}` | {u['channels_before']} | {u['channels_after']} | {u['ratio']:.2f} | "
-            f"{u['tripped_task'] or '-'} | {'yes' if u['selected'] else 'no'} |"
-        )
+        lines.append(f"| `{u['name']}` | {u['channels_before']} → {u['channels_after']} | {unit_outcome(u, topk)} |")
     return "\n".join(lines)
+
+
+def _outputs(report: dict[str, Any]) -> list[str]:
+    """The files of the run and the commands that use them."""
+    run_dir = Path(report.get("run_dir", "."))
+    img, data = report["img_size"], report.get("data")
+    files = [
+        f"- `{report.get('pruned', run_dir / 'pruned.pt')}`: the pruned model (`pagcp.load_model` reads it)",
+        f"- `{run_dir / 'channels.png'}`: channels kept and removed per unit",
+        f"- `{run_dir / 'state.json'}`: the search state (`--resume` continues from it)",
+        f"- `{run_dir / 'report.json'}`: this report as JSON",
+    ]
+    best = report.get("pruned")
+    if report.get("finetuned"):
+        best = report["finetuned"]
+        files.insert(1, f"- `{best}`: the pruned model after fine-tuning; curves in `{run_dir / 'finetune'}`")
+    return [
+        "## Outputs",
+        "",
+        *files,
+        "",
+        "Validate, or fine-tune further:",
+        "",
+        "```bash",
+        f"python -m pagcp.val --weights {best} --data {data} --img {img}",
+        f"python -m pagcp.train --weights {best} --data {data} --img {img} --epochs 100",
+        "```",
+        "",
+    ]
 
 
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
@@ -79,33 +117,52 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         summary_table(report),
         "```",
         "",
+        *_outputs(report),
         "## Units (search order)",
         "",
-        units_table(report["units"]),
+        units_table(report["units"], s["topk"]),
         "",
     ]
     path.write_text("\n".join(text), encoding="utf-8")
 
 
+def _layer_key(name: str) -> list[Any]:
+    """Sort key putting ``model.10.cv1`` after ``model.9.m.0.cv2`` (numbers compared as numbers)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split(".")]
+
+
 def plot_channels(path: Path, units: list[dict[str, Any]]) -> None:
-    """Bar chart of channels before/after per unit (search order)."""
+    """One horizontal bar per unit, by layer: kept channels, removed ones, and units topk left unpruned."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [u["name"] for u in units]
-    fig, ax = plt.subplots(figsize=(max(8, 0.22 * len(names)), 4.5))
-    x = range(len(names))
-    ax.bar(x, [u["channels_before"] for u in units], color="#c8d6e5", label="before")
-    ax.bar(x, [u["channels_after"] for u in units], color="#2e86de", label="kept")
-    ax.set_xticks(list(x))
-    ax.set_xticklabels(names, rotation=90, fontsize=6)
-    ax.set_ylabel("channels")
-    ax.set_title("PAGCP: channels kept per unit (search order)")
-    ax.legend()
+    units = sorted(units, key=lambda u: _layer_key(u["name"]))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.24 * len(units)))
+    y = list(range(len(units)))
+    kept = [u["channels_after"] for u in units]
+    removed = [u["channels_before"] - u["channels_after"] for u in units]
+    ax.barh(y, kept, color="#2e86de", label="kept")
+    ax.barh(y, removed, left=kept, color="#ee5253", label="removed")
+    topk_left = [(i, u) for i, u in enumerate(units) if not u["selected"] and u["ratio"] > 0]
+    if topk_left:  # searched to a ratio but not among the most loss-efficient units: drawn where it would cut
+        ax.barh([i for i, _ in topk_left], [round(u["ratio"] * u["channels_before"]) for _, u in topk_left],
+                left=[u["channels_before"] * (1 - u["ratio"]) for _, u in topk_left], fill=False, hatch="///",
+                edgecolor="#8395a7", label="searched, left unpruned by topk")  # fmt: skip
+    width = max(u["channels_before"] for u in units)
+    for i, u in enumerate(units):
+        share = f"{u['channels_after']}/{u['channels_before']}"
+        ax.text(u["channels_before"] + width * 0.01, i, share, va="center", fontsize=8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([u["name"].removeprefix("model.") for u in units], fontsize=8)
+    ax.invert_yaxis()  # first layer on top
+    ax.set_xlim(0, width * 1.12)
+    ax.set_xlabel("output channels")
+    ax.set_title(f"PAGCP: channels per unit, by layer ({sum(removed)} of {sum(kept) + sum(removed)} removed)")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -35,16 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--weights", help="initial weights: a pagcp/YOLOv5 checkpoint or a bundled name (fine-tuning)")
     src.add_argument("--cfg", help="model config to train from scratch: a bundled name (yolov5n) or a yaml")
     p.add_argument("--data", default="demo", help="data yaml, or 'demo' (default) / 'demo:train=N,val=M,img=S'")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=100, help="training epochs")
     p.add_argument("--img", "--img-size", dest="img", type=int, default=640, help="train/val image size (pixels)")
     p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16, help="total batch size")
-    p.add_argument("--device", default=None, help="cpu, 0 or 0,1 (default: cpu; under torchrun the local GPU)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, 0 or 0,1 (default: the first CUDA device when there is one, else cpu; under torchrun the local GPU)",
+    )
     p.add_argument(
         "--hyp", default=None, help="scratch (default with --cfg), finetune (default with --weights) or a yaml file"
     )
     p.add_argument("--workers", type=int, default=None, help="dataloader workers per process (default 2)")
-    p.add_argument("--project", default="runs/train")
-    p.add_argument("--name", default="exp")
+    p.add_argument("--project", default="runs/train", help="folder of the run folders")
+    p.add_argument("--name", default="exp", help="run folder name (exp, exp2, ... when taken)")
     p.add_argument(
         "--exist-ok",
         "--exist_ok",
@@ -60,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="continue an interrupted run (its last.pt or folder; default: the latest run)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of weights init, shuffling and augmentation")
     p.add_argument("--sync-bn", "--sync_bn", dest="sync_bn", action="store_true", help="SyncBatchNorm under DDP")
     p.add_argument("--cache", action="store_true", help="keep decoded images in RAM")
     p.add_argument("--json", action="store_true", help="print the final results as a JSON object (last line)")
@@ -94,7 +98,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, str, TrainSettings, dict | 
         epochs=args.epochs,
         img_size=args.img,
         batch_size=args.batch,
-        device=args.device or "cpu",
+        device=args.device or "",
         hyp=args.hyp or ("finetune" if args.weights else "scratch"),
         workers=2 if args.workers is None else args.workers,
         seed=args.seed,
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train as the flags say; returns the results of ``pagcp.training.loop.train`` (without the model)."""
     _check_args(args)
     rank, world, local_rank = distributed_env()
-    own_group = init_distributed(select_device(args.device or "cpu", local_rank, world))
+    own_group = init_distributed(select_device(args.device or "", local_rank, world))
     try:
         if world > 1 and rank != 0:
             dist.barrier()  # rank 0 first: it may generate the demo dataset

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from pagcp.cli.common import Parser, guarded
+from pagcp.cli.common import Parser, guarded, image_size
 from pagcp.data.config import coco_ground_truth, load_data_config
 from pagcp.data.dataset import create_dataloader
 from pagcp.detection.evaluate import detect_head, evaluate, format_table
@@ -31,10 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="yolov5s", help="model: config name, bundled checkpoint, .pt or yaml")
     p.add_argument("--data", default="demo", help="data yaml, or 'demo' (generated on first use)")
     p.add_argument("--img", "--img-size", "--imgsz", dest="img", type=int, default=640, help="image size (px)")
-    p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=32)
+    p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=32, help="batch size")
     p.add_argument("--device", default="", help="cpu, 0, cuda:0 (default: CUDA when available)")
     p.add_argument("--workers", type=int, default=2, help="dataloader worker processes")
-    p.add_argument("--conf-thres", "--conf_thres", dest="conf_thres", type=float, default=0.001)
+    p.add_argument(
+        "--conf-thres", "--conf_thres", dest="conf_thres", type=float, default=0.001, help="NMS confidence threshold"
+    )
     p.add_argument(
         "--iou-thres",
         "--iou_thres",
@@ -43,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"NMS IoU (default 0.6, or {COCO_JSON_IOU} with --coco-eval)",
     )
-    p.add_argument("--max-det", "--max_det", dest="max_det", type=int, default=300)
+    p.add_argument(
+        "--max-det", "--max_det", dest="max_det", type=int, default=300, help="most detections kept per image"
+    )
     p.add_argument("--task", default="val", choices=["train", "val", "test"], help="split to evaluate")
     p.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
     p.add_argument("--json", action="store_true", help="print a JSON object as the last line")
@@ -61,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write predictions.json (COCO format) into the run folder",
     )
-    p.add_argument("--project", default=os.path.join("runs", "val"))
-    p.add_argument("--name", default="exp")
-    p.add_argument("--exist-ok", "--exist_ok", dest="exist_ok", action="store_true")
+    p.add_argument("--project", default=os.path.join("runs", "val"), help="folder of the run folders")
+    p.add_argument("--name", default="exp", help="run folder name (exp, exp2, ... when taken)")
+    p.add_argument("--exist-ok", "--exist_ok", dest="exist_ok", action="store_true", help="reuse project/name")
     return p
 
 
@@ -95,9 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"--data {args.data} has nc={cfg['nc']}"
         )
     stride = int(max(detect_head(model).stride.max().item(), 32))
-    img = -(-args.img // stride) * stride
-    if img != args.img:
-        LOGGER.warning("--img %d is not a multiple of the stride %d; using %d", args.img, stride, img)
+    img = image_size(args.img, stride)
     iou = args.iou_thres if args.iou_thres is not None else (COCO_JSON_IOU if args.coco_eval else 0.6)
     json_path, coco_gt = None, None
     if args.coco_eval:

@@ -69,6 +69,13 @@ class Search:
         self.units = scope_units(graph, settings)
         self.flops_original = graph.flops(None, img_size)
         self.state: SearchState | None = None
+        self._evaluations_seen = 0  # the oracle's count already added to the state's
+
+    def _count_evaluations(self) -> None:
+        """Add the oracle's evaluations since the last call to the state (which a resumed run continues)."""
+        now = self.oracle.evaluations
+        self.state.evaluations += now - self._evaluations_seen
+        self._evaluations_seen = now
 
     def save(self) -> None:
         if self.state is not None:
@@ -84,6 +91,9 @@ class Search:
             full = self.graph.full_keep()
             self.state = SearchState(self.settings.to_dict(), self.fingerprint, self.settings.round, full, full.copy())
         st = self.state
+        self._evaluations_seen = self.oracle.evaluations
+        if resume:
+            self._say_resuming(st)
         while st.phase != "done":
             if not st.order:
                 self._start_round(st.keep)
@@ -93,6 +103,18 @@ class Search:
                 st.phase = "done"
             self.save()
         return st.keep.copy()
+
+    def _say_resuming(self, st: SearchState) -> None:
+        if st.phase == "done":
+            log.info("resuming %s: the search had finished (%d evaluations); nothing to redo", self.state_path,
+                     st.evaluations)  # fmt: skip
+        elif not st.order:
+            log.info("resuming %s: round %d starts afresh (%d evaluations done)", self.state_path, st.round,
+                     st.evaluations)  # fmt: skip
+        else:
+            following = st.order[st.position] if st.position < len(st.order) else "topk selection"
+            log.info("resuming %s: round %d, %d of %d units decided, next %s; %d evaluations done",
+                     self.state_path, st.round, st.position, len(st.order), following, st.evaluations)  # fmt: skip
 
     # -- one round -----------------------------------------------------------------------------
     def _start_round(self, keep: Keep) -> None:
@@ -114,7 +136,7 @@ class Search:
         st.current = base.tolist()
         st.round_keep = keep.copy()
         st.keep = keep.copy()
-        st.evaluations = self.oracle.evaluations
+        self._count_evaluations()
         self.save()
 
     def _search_round(self) -> None:
@@ -124,7 +146,7 @@ class Search:
             decision = self._search_unit(st.order[st.position])
             st.decisions.append(decision.to_dict())
             st.position += 1
-            st.evaluations = self.oracle.evaluations
+            self._count_evaluations()
             st.seconds += time.perf_counter() - t0
             self.save()
             if self.progress is not None:
@@ -218,10 +240,13 @@ class Search:
             else:
                 d.channels_after = d.channels_before
         st.decisions = [d.to_dict() for d in decisions]
+        searched, final = (self.graph.flops(k, self.img_size) / 1e9 for k in (st.keep, keep))
+        log.info("topk %g: keeping %d of %d units pruned, %.3f -> %.3f GFLOPs", s.topk, len(chosen), len(pruned),
+                 searched, final)  # fmt: skip
         st.keep = keep
         st.history.append({
             "round": st.round, "lambda": st.lam, "order": list(st.order), "decisions": st.decisions,
-            "gflops": self.graph.flops(keep, self.img_size) / 1e9, "evaluations": self.oracle.evaluations,
+            "gflops": self.graph.flops(keep, self.img_size) / 1e9, "evaluations": st.evaluations,
         })  # fmt: skip
         return keep
 
