@@ -78,10 +78,26 @@ def _extensions():
         ext = cpp_extension.CppExtension(
             "pagcp._C", cpp, depends=depends, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"]
         )
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": _persistent_build(cpp_extension.BuildExtension).with_options(use_ninja=True)}
+
+
+def _persistent_build(base):
+    """build_ext whose object files live in ``build/`` in the checkout, not in pip's throw-away temp folder:
+    ninja then recompiles only what changed, so installing again (the README's second command after the
+    first) only relinks."""
+
+    class PersistentBuild(base):
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = os.path.join(ROOT, "build", "objects")
+
+    return PersistentBuild
 
 
 ext_modules, cmdclass = _extensions()
+# python -m pagcp.export and pagcp.deploy (torch's TorchScript ONNX exporter: no onnxscript needed;
+# opset 20, torch's default there, needs onnx >= 1.15 and onnxruntime >= 1.17)
+EXPORT_REQUIRES = ["onnx>=1.15", "onnxruntime>=1.17"]
 
 setup(
     name="pagcp",
@@ -106,7 +122,8 @@ setup(
     ],
     extras_require={
         "demo": ["scikit-image", "scikit-learn"],
-        "test": ["pytest", "pytest-benchmark", "scikit-image", "scikit-learn", "ruff"],
+        "export": EXPORT_REQUIRES,
+        "test": ["pytest", "pytest-benchmark", "scikit-image", "scikit-learn", "ruff", *EXPORT_REQUIRES],
         "triton": ["triton>=3.6"],
     },
     ext_modules=ext_modules,

@@ -11,11 +11,18 @@ For each model and size (YOLOv5 configs with 80 classes; the weights do not chan
 - naive: ``NaiveOracle.losses`` (the reference's way: deep copy, slice, whole forward) per candidate;
 - a plain forward pass per image (eval mode, no grad) of the unpruned model.
 
-Projections per round: all units x ``--evals-per-unit`` candidates (6.8: 340 evaluations over 50 units
-in the demo model's default search) with ``--subset`` images; the reference's COCO round:
-``--reference-passes`` (default: units x 19, the reference's upper bound of full validation passes; about
-1,300 for yolov5m) x ``--coco-images`` x the measured per-image forward time (forward only: no NMS, no
-data loading, so the reference's real time is longer).
+Projections of one round charge both sides **the same candidate schedule**, stated twice:
+
+- ``visited``: the candidates the rule visits, measured on a real search (``--schedule STATE``, a prune
+  run's ``state.json``): per unit the ascending ratios up to and including the first that trips (all 19 when
+  none does). The reference evaluates every one of them; it is charged that many full validation passes.
+  The engine is charged the same number of candidates at its measured cost per candidate (it may evaluate
+  fewer: identical masks once, early rejection; that saving is not counted here).
+- ``upper``: 19 candidates for every unit on both sides (the reference's worst case).
+
+Engine: candidates x seconds per candidate, scaled from ``--images`` to ``--subset`` oracle images. Reference:
+candidates x ``--coco-images`` x the measured per-image forward time (forward only: no NMS, data loading,
+model copies or graph rebuilding, so its real time is longer). Same machine, same model, same schedule.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see pagcp/__init__.py
@@ -37,6 +45,9 @@ from pagcp.engine.baselines import prunable_units  # noqa: E402
 from pagcp.data import image_files, load_data_config  # noqa: E402
 from pagcp.engine.yolo import yolo_problem  # noqa: E402
 from pagcp.engine.saliency import select_keep, unit_scores  # noqa: E402
+
+#: candidates per unit the rule visited in the default demo search (python -m pagcp.prune; see RESULTS.md)
+DEFAULT_VISITED = 6.8
 
 
 def measure(name: str, img: int, files: list[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -75,9 +86,9 @@ def measure(name: str, img: int, files: list[str], args: argparse.Namespace) -> 
             forward.append((time.perf_counter() - t0) / x.shape[0])
     n = args.images
     per_cand_engine, per_cand_naive = statistics.mean(engine_s), statistics.mean(naive_s)
-    evals_round = len(units) * args.evals_per_unit
-    passes = args.reference_passes or 19 * len(units)
-    return {
+    per_image = statistics.median(forward)
+    schedules = {"visited": len(units) * args.visited_per_unit, "upper": len(units) * 19}
+    row = {
         "model": name,
         "img": img,
         "units": len(units),
@@ -86,13 +97,41 @@ def measure(name: str, img: int, files: list[str], args: argparse.Namespace) -> 
         "engine_s_per_candidate": round(per_cand_engine, 3),
         "naive_s_per_candidate": round(per_cand_naive, 3),
         "speedup": round(per_cand_naive / per_cand_engine, 2),
-        "forward_s_per_image": round(statistics.median(forward), 4),
-        "engine_round_s_projected": round(evals_round * per_cand_engine / n * args.subset, 1),
-        "naive_round_s_projected": round(evals_round * per_cand_naive / n * args.subset, 1),
-        "reference_passes": passes,
-        "reference_coco_round_h_projected": round(passes * args.coco_images * statistics.median(forward) / 3600, 1),
-        "engine_coco_round_h_projected": round(evals_round * per_cand_engine / n * args.subset / 3600, 2),
+        "forward_s_per_image": round(per_image, 4),
     }
+    for name, candidates in schedules.items():
+        row[f"{name}_candidates"] = round(candidates, 1)
+        row[f"{name}_engine_round_h"] = round(candidates * per_cand_engine / n * args.subset / 3600, 3)
+        row[f"{name}_naive_round_h"] = round(candidates * per_cand_naive / n * args.subset / 3600, 3)
+        row[f"{name}_reference_coco_round_h"] = round(candidates * args.coco_images * per_image / 3600, 1)
+    return row
+
+
+def visited_per_unit(state_path: str) -> float:
+    """Mean candidates per unit the rule visits in a finished search (the reference evaluates each one)."""
+    state = json.loads(Path(state_path).read_text())
+    ratios = state["settings"]["ratios"]
+    counts = []
+    for d in state["history"][0]["decisions"]:
+        if d["tripped_task"] is None:
+            counts.append(len(ratios))
+        elif d["ratio"] == 0:
+            counts.append(1)
+        else:
+            counts.append(min(ratios.index(d["ratio"]) + 2, len(ratios)))
+    return statistics.mean(counts)
+
+
+def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(f"\n| model | img | units | engine s/cand ({args.images} img) | naive s/cand | speed-up | forward s/img | "
+          f"schedule | candidates | engine round h ({args.subset} img) | reference COCO round h |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    for r in rows:
+        for name in ("visited", "upper"):
+            print(f"| {r['model']} | {r['img']} | {r['units']} | {r['engine_s_per_candidate']:.3f} | "
+                  f"{r['naive_s_per_candidate']:.3f} | {r['speedup']:.2f}x | {r['forward_s_per_image']:.4f} | "
+                  f"{name} | {r[name + '_candidates']:.0f} | {r[name + '_engine_round_h']:.2f} | "
+                  f"{r[name + '_reference_coco_round_h']:.0f} |")  # fmt: skip
 
 
 def main() -> None:
@@ -102,22 +141,16 @@ def main() -> None:
     p.add_argument("--images", type=int, default=16, help="oracle images per measurement (one batch)")
     p.add_argument("--units", type=int, default=2, help="units sampled, spread over the network")
     p.add_argument("--ratios", default="0.1,0.5,0.9", help="candidates per sampled unit")
-    p.add_argument(
-        "--evals-per-unit",
-        type=float,
-        default=6.8,
-        help="mean candidates evaluated per unit in a round (measured on the demo search)",
-    )
+    p.add_argument("--schedule", default=None, metavar="STATE",
+                   help="a prune run's state.json: the candidates per unit the rule visited there")  # fmt: skip
+    p.add_argument("--visited-per-unit", type=float, default=DEFAULT_VISITED,
+                   help="candidates visited per unit without --schedule (measured on the demo search)")  # fmt: skip
     p.add_argument("--subset", type=int, default=64, help="oracle images of the projected round")
-    p.add_argument(
-        "--reference-passes",
-        type=int,
-        default=0,
-        help="full validation passes of the reference's round (0: units x 19)",
-    )
     p.add_argument("--coco-images", type=int, default=5000)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    if args.schedule:
+        args.visited_per_unit = visited_per_unit(args.schedule)
     cfg = load_data_config("demo")
     files = image_files(cfg["val"])
     rows = []
@@ -126,21 +159,7 @@ def main() -> None:
             row = measure(f"yolov5{m}", img, files, args)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(
-        f"\n| model | img | units | engine s/cand ({args.images} img) | naive s/cand | speed-up | forward s/img | "
-        f"engine round s ({args.subset} img) | naive round s | engine COCO round h | reference passes | "
-        "reference COCO round h |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['model']} | {r['img']} | {r['units']} | {r['engine_s_per_candidate']:.3f} | "
-            f"{r['naive_s_per_candidate']:.3f} | {r['speedup']:.2f}x | {r['forward_s_per_image']:.4f} | "
-            f"{r['engine_round_s_projected']:.0f} | {r['naive_round_s_projected']:.0f} | "
-            f"{r['engine_coco_round_h_projected']:.2f} | {r['reference_passes']} | "
-            f"{r['reference_coco_round_h_projected']:.1f} |"
-        )
-    print("| GPU rows | | | not measured (no GPU lent to this task) | | | | | | | | |")
+    print_table(rows, args)
     result = {
         "rows": rows,
         "args": vars(args),

@@ -1,24 +1,24 @@
-"""Quality at matched GFLOPs: PAGCP against uniform L1, Torch-Pruning global magnitude and random channels.
+"""Quality at matched GFLOPs and an equal fine-tuning budget: PAGCP against uniform L1, Torch-Pruning global
+magnitude and random channels.
 
-    python benchmarks/bench_quality.py [--levels default,0.5,0.35] [--subset 64] [--epochs 1]
-        [--train-images 256] [--pagcp-run DIR] [--json]
-    python benchmarks/bench_quality.py --summarize run1.log run2.log   # one table and plot of earlier runs
+    python benchmarks/bench_quality.py [--targets 0.7,0.5,0.35] [--epochs 3] [--cycles 3] [--json]
+    python benchmarks/bench_quality.py --summarize benchmarks/results/quality.json   # table and plot again
 
-For each level (``default``: PAGCP's default settings, one round; a number: ``--target-gflops`` of that
-fraction; one search to the lowest target gives every target's rounds) PAGCP prunes the demo checkpoint;
-every baseline is then matched to that result's GFLOPs:
+Per target fraction F of the original GFLOPs:
 
-- ``uniform``: the same ratio in every unit, lowest-L1 channels (bisection on the ratio);
-- ``tp-global``: Torch-Pruning's ``MagnitudePruner`` (``global_pruning=True``, ``MagnitudeImportance``
-  with its defaults: p=2, mean group reduction, mean normalizer; Detect ignored), bisection on its
-  ``pruning_ratio``; where Torch-Pruning cannot prune the model, the same rule on pagcp's graph
-  (:func:`pagcp.engine.baselines.global_magnitude_keep`, L1) as ``global``;
-- ``random``: the same ratio in every unit, seeded random channels (bisection on the ratio).
+- ``pagcp``: ``python -m pagcp.prune --target-gflops F --cycles C --cycle-epochs 1 --finetune-epochs 0``
+  (oracle: ``--subset`` seeded images of the *train* split, never the val images that are scored); the
+  cycles stop at the first that meets F, and the final model is then fine-tuned for the epochs left of the
+  budget (``--epochs`` minus one per cycle run).
+- ``uniform``: the same ratio in every unit, lowest-L1 channels; ``random``: the same ratio, seeded random
+  channels; ``tp-global``: Torch-Pruning's ``MagnitudePruner`` (``global_pruning=True``, its default
+  importance; Detect ignored; where Torch-Pruning cannot prune the model, the same rule on pagcp's graph as
+  ``global``). Each is pruned in one shot from the original model to PAGCP's final GFLOPs (bisection; the
+  table shows how close) and fine-tuned for the whole budget.
 
-Each pruned model is validated on the whole val split, fine-tuned for ``--epochs`` on a seeded subset of
-``--train-images`` training images (hyp ``finetune``), validated again; params, GFLOPs and the CPU latency
-(batch 1, median of ``--latency-runs``) of the physically smaller model are reported. ``--pagcp-run`` takes
-the PAGCP keep-masks of the ``default`` level from an earlier ``python -m pagcp.prune`` run folder.
+Every fine-tune uses the whole train split, hyp ``--hyp``, batch ``--batch`` and seed ``--seed``; mAP is
+measured on the whole val split. Rows are appended to ``--out`` as they finish and a re-run skips them, so
+an interrupted benchmark continues.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import copy
 import json
 import os
 import platform
-import random
 import statistics
 import time
 from pathlib import Path
@@ -40,20 +39,18 @@ import pagcp  # noqa: E402, I001
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pagcp.engine.baselines import matched_keep, prunable_units  # noqa: E402
-from pagcp.data import image_files, load_data_config  # noqa: E402
-from pagcp.engine.yolo import YoloProblem, yolo_problem  # noqa: E402
-from pagcp.engine.search import Search  # noqa: E402
-from pagcp.engine.settings import PruneSettings  # noqa: E402
-from pagcp.graph import Keep  # noqa: E402
-from pagcp.training.loop import TrainSettings, train  # noqa: E402
+from pagcp.cli import prune as prune_cli  # noqa: E402
+from pagcp.data import load_data_config  # noqa: E402
 from pagcp.detection.evaluate import evaluate  # noqa: E402
+from pagcp.engine.baselines import matched_keep, prunable_units  # noqa: E402
+from pagcp.training.loop import TrainSettings, train  # noqa: E402
 
-METHODS = ("pagcp", "uniform", "tp-global", "random")
+BASELINES = ("uniform", "tp-global", "random")
+HERE = Path(__file__).resolve().parent
 
 
 def latency_ms(model: nn.Module, img: int, runs: int) -> float:
-    """Median wall time (ms) of one batch-1 forward pass on the CPU, after two warm-up passes."""
+    """Median wall time (ms) of one batch-1 PyTorch forward pass on the CPU, after two warm-up passes."""
     model = copy.deepcopy(model).float().eval().cpu()
     x = torch.zeros(1, 3, img, img)
     times = []
@@ -66,7 +63,7 @@ def latency_ms(model: nn.Module, img: int, runs: int) -> float:
     return statistics.median(times)
 
 
-def tp_global(model: nn.Module, target_gflops: float, img: int, steps: int = 14) -> tuple[nn.Module, float]:
+def tp_global(model: nn.Module, target_gflops: float, img: int, steps: int = 16) -> tuple[nn.Module, float]:
     """Torch-Pruning global magnitude pruning with its ``pruning_ratio`` bisected to ``target_gflops``."""
     import torch_pruning as tp
 
@@ -74,14 +71,9 @@ def tp_global(model: nn.Module, target_gflops: float, img: int, steps: int = 14)
 
     def pruned(ratio: float) -> nn.Module:
         m = copy.deepcopy(model).eval()
-        pruner = tp.pruner.MagnitudePruner(
-            m,
-            example,
-            importance=tp.importance.MagnitudeImportance(),
-            global_pruning=True,
-            pruning_ratio=ratio,
-            ignored_layers=[m.model[-1]],
-        )
+        pruner = tp.pruner.MagnitudePruner(m, example, importance=tp.importance.MagnitudeImportance(),
+                                           global_pruning=True, pruning_ratio=ratio,
+                                           ignored_layers=[m.model[-1]])  # fmt: skip
         pruner.step()
         return m
 
@@ -96,133 +88,56 @@ def tp_global(model: nn.Module, target_gflops: float, img: int, steps: int = 14)
     return best[2], best[1]
 
 
-class _RecordingSearch(Search):
-    """A Search that keeps every round's final keep-masks (a ``target_gflops`` run stops at the first round
-    under its target, so one run to the lowest target gives every higher target's result too)."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.round_keeps: list[Keep] = []
-
-    def _finish_round(self) -> Keep:
-        keep = super()._finish_round()
-        self.round_keeps.append(keep.copy())
-        return keep
+def finetune(model: nn.Module, args: argparse.Namespace, epochs: int, name: str) -> nn.Module:
+    """``epochs`` of fine-tuning on the whole train split (every method gets the same recipe)."""
+    if epochs <= 0:
+        return model
+    s = TrainSettings(epochs=epochs, img_size=args.img, batch_size=args.batch, device="cpu", hyp=args.hyp,
+                      workers=0, project=str(Path(args.project) / "finetune"), name=name, exist_ok=True,
+                      seed=args.seed)  # fmt: skip
+    return train(copy.deepcopy(model).train(), args.data, s)["model"].float().eval()
 
 
-def pagcp_keeps(graph, problem: YoloProblem, levels: list[str], img: int) -> dict[str, tuple[Keep, dict[str, Any]]]:
-    """PAGCP keep-masks of every level: 'default' (one round) and target fractions (rounds until under each)."""
-    out: dict[str, tuple[Keep, dict[str, Any]]] = {}
-    targets = sorted((float(v) for v in levels if v != "default"), reverse=True)
-    runs = (["default"] if "default" in levels else []) + ([min(targets)] if targets else [])
-    for run in runs:
-        settings = PruneSettings() if run == "default" else PruneSettings(target_gflops=run)
-        oracle = problem.oracle(graph)
-        search = _RecordingSearch(graph, oracle, settings, img)
-        t0 = time.perf_counter()
-        search.run()
-        seconds = round(time.perf_counter() - t0, 1)
-        full = graph.flops(None, img)
-        if run == "default":
-            out["default"] = (
-                search.round_keeps[0],
-                {"search_seconds": seconds, "evaluations": oracle.evaluations, "rounds": 1},
-            )
-            continue
-        for t in targets:
-            i = next(
-                (i for i, k in enumerate(search.round_keeps) if graph.flops(k, img) <= t * full),
-                len(search.round_keeps) - 1,
-            )
-            hist = search.state.history[i]
-            out[f"{t:g}"] = (
-                search.round_keeps[i],
-                {"rounds": i + 1, "evaluations": hist["evaluations"], "search_seconds_all_rounds": seconds},
-            )
-    return out
+def validate(model: nn.Module, cfg: dict, img: int) -> dict[str, float]:
+    r = evaluate(model, cfg, img_size=img, batch_size=32, device="cpu", progress=False)
+    return {"map50": round(r["map50"], 4), "map50_95": round(r["map50_95"], 4)}
 
 
-def finetune(model: nn.Module, data: dict, args: argparse.Namespace, name: str) -> nn.Module:
-    s = TrainSettings(
-        epochs=args.epochs,
-        img_size=args.img,
-        batch_size=args.batch,
-        device="cpu",
-        hyp=args.hyp,
-        workers=0,
-        project=args.project,
-        name=name,
-        exist_ok=True,
-        seed=args.seed,
-    )
-    return train(copy.deepcopy(model).train(), data, s)["model"].float().eval()
+def pagcp_run(args: argparse.Namespace, target: float) -> dict[str, Any]:
+    """The prune command with cycles to ``target`` (continued when its folder exists); returns its report."""
+    project, name = Path(args.project) / "prune", f"target{target:g}"
+    flags = ["--weights", args.weights, "--data", args.data, "--img", str(args.img), "--subset", str(args.subset),
+             "--oracle-split", "train", "--target-gflops", str(target), "--cycles", str(args.cycles),
+             "--cycle-epochs", "1", "--finetune-epochs", "0", "--finetune-batch", str(args.batch), "--hyp", args.hyp,
+             "--device", "cpu", "--no-latency", "--project", str(project), "--name", name]  # fmt: skip
+    if (project / name / "opt.yaml").is_file():
+        flags += ["--resume", str(project / name)]
+    parsed = prune_cli.build_parser().parse_args(flags)
+    return prune_cli.run(parsed)
 
 
-def train_data(cfg: dict, n_train: int, n_val: int, seed: int) -> dict:
-    """A data dict: a seeded subset of the train split and (for training's own per-epoch check) of val."""
-    train_files, val_files = image_files(cfg["train"]), image_files(cfg["val"])
-    rng = random.Random(seed)
-    return {
-        "path": cfg["path"],
-        "train": sorted(rng.sample(train_files, min(n_train, len(train_files)))),
-        "val": sorted(rng.sample(val_files, min(n_val, len(val_files)))),
-        "nc": cfg["nc"],
-        "names": cfg["names"],
-    }
+def pagcp_row(args: argparse.Namespace, cfg: dict, target: float) -> tuple[dict[str, Any], float]:
+    """PAGCP's row and its final FLOPs (what the baselines are matched to)."""
+    t0 = time.perf_counter()
+    report = pagcp_run(args, target)
+    cycles = len(report["cycles"])
+    used = cycles if args.cycles > 1 else 0  # one epoch per cycle; a single cycle fine-tunes nothing here
+    last = Path(report["run_dir"]) / f"cycle{cycles}" / "finetuned.pt"
+    model = pagcp.load_model(last if used else report["pruned"])
+    left = args.epochs - used
+    tuned = finetune(model, args, left, f"target{target:g}-pagcp")
+    stats = pagcp.model_stats(tuned, args.img)
+    row = {"method": "pagcp", "target": target, **stats, "gflops_vs_pagcp": 1.0,
+           "map50_95_pruned": report["map50_95_after"], **{f"{k}_finetuned": v for k, v in validate(tuned, cfg,
+           args.img).items()}, "epochs": used + max(left, 0), "cycles": cycles, "stop_rule": report["stop_rule"],
+           "search_seconds": round(report["search_seconds"], 1), "evaluations": report["evaluations"],
+           "latency_ms": round(latency_ms(tuned, args.img, args.latency_runs), 2),
+           "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    return row, stats["gflops"] * 1e9
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--weights", default="yolov5n-demo")
-    p.add_argument("--data", default="demo")
-    p.add_argument("--img", type=int, default=320)
-    p.add_argument("--levels", default="default", help="comma list: 'default' and/or target GFLOPs fractions")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--subset", type=int, default=64, help="PAGCP oracle images")
-    p.add_argument("--pagcp-run", default=None, help="reuse this prune run's state.json for the 'default' level")
-    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (0: none)")
-    p.add_argument("--train-images", type=int, default=256, help="seeded training subset for fine-tuning")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--hyp", default="finetune")
-    p.add_argument("--latency-runs", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--project", default="/tmp/pagcp_bench_quality")
-    p.add_argument("--plot", default=str(Path(__file__).with_name("quality.png")))
-    p.add_argument(
-        "--summarize",
-        nargs="+",
-        default=None,
-        metavar="LOG",
-        help="only merge earlier runs' --json outputs (their last line) into one table and plot",
-    )
-    p.add_argument("--json", action="store_true")
-    return p.parse_args()
-
-
-def summarize_logs(args: argparse.Namespace) -> None:
-    """One table (and plot) from the --json outputs of earlier runs."""
-    merged: list[dict[str, Any]] = []
-    for log in args.summarize:
-        rows = json.loads(Path(log).read_text().strip().splitlines()[-1])["rows"]
-        merged += [r for r in rows if r["method"] != "unpruned" or not merged]
-    print_table(merged)
-    if args.plot:
-        plot(merged, args.plot, any("map50_95_finetuned" in r for r in merged))
-
-
-def reused_search(graph, run_dir: str) -> tuple[Keep, dict[str, Any]]:
-    """The final keep-masks and figures of an earlier ``python -m pagcp.prune`` run."""
-    state = json.loads((Path(run_dir) / "state.json").read_text())
-    info = {"search_seconds": round(state["seconds"], 1), "evaluations": state["evaluations"], "rounds": 1,
-            "reused": run_dir}  # fmt: skip
-    return Keep.from_pruned(graph.layout, state["keep"]), info
-
-
-def method_model(method: str, graph, model, keep: Keep, info, units, img: int, seed: int):
-    """(the pruned model of ``method`` at the GFLOPs of PAGCP's ``keep``, what to report about it, method name)."""
-    target = graph.flops(keep, img)
-    if method == "pagcp":
-        return graph.slice(keep).eval(), info, method
+def baseline_model(method: str, graph, model: nn.Module, target: float, img: int, units, seed: int):
+    """(``method``'s one-shot pruned model at ``target`` FLOPs, what to report about it, the method's name)."""
     if method in ("uniform", "random"):
         ratio, k = matched_keep(graph, method, target, img, units, seed=seed)
         return graph.slice(k).eval(), {"ratio": round(ratio, 4)}, method
@@ -234,114 +149,146 @@ def method_model(method: str, graph, model, keep: Keep, info, units, img: int, s
             n, k = matched_keep(graph, "global", target, img, units)
             extra = {"pruned_channels": int(n), "torch_pruning_error": f"{type(e).__name__}: {e}"}
             return graph.slice(k).eval(), extra, "global"
-    raise SystemExit(f"unknown method {method!r}; use {', '.join(METHODS)}")
+    raise SystemExit(f"unknown method {method!r}; use {', '.join(BASELINES)}")
+
+
+def baseline_row(args, cfg, graph, model, method: str, target: float, flops: float, units) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    pruned, extra, name = baseline_model(method, graph, model, flops, args.img, units, args.seed)
+    stats = pagcp.model_stats(pruned, args.img)
+    tuned = finetune(pruned, args, args.epochs, f"target{target:g}-{name}")
+    return {"method": name, "target": target, **stats, "gflops_vs_pagcp": round(stats["gflops"] * 1e9 / flops, 4),
+            "map50_95_pruned": validate(pruned, cfg, args.img)["map50_95"],
+            **{f"{k}_finetuned": v for k, v in validate(tuned, cfg, args.img).items()}, "epochs": args.epochs,
+            "latency_ms": round(latency_ms(tuned, args.img, args.latency_runs), 2), **extra,
+            "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--weights", default="yolov5n-demo", help="the model every method prunes")
+    p.add_argument("--data", default="demo", help="data yaml or demo: train split to fine-tune, val split to score")
+    p.add_argument("--img", type=int, default=320, help="image size")
+    p.add_argument("--targets", default="0.7,0.5,0.35", help="comma list of GFLOPs fractions")
+    p.add_argument("--methods", default=",".join(BASELINES), help="baselines to compare with PAGCP")
+    p.add_argument("--subset", type=int, default=64, help="PAGCP oracle images (train split)")
+    p.add_argument("--cycles", type=int, default=3, help="most PAGCP prune -> fine-tune cycles (1 epoch each)")
+    p.add_argument("--epochs", type=int, default=3, help="fine-tuning budget of every method (epochs)")
+    p.add_argument("--batch", type=int, default=16, help="fine-tuning batch")
+    p.add_argument("--hyp", default="finetune", help="fine-tuning hyp of every method")
+    p.add_argument("--latency-runs", type=int, default=20, help="timed batch-1 forward passes per model")
+    p.add_argument("--seed", type=int, default=0, help="seed of fine-tuning and of the random baseline")
+    p.add_argument("--project", default="/tmp/pagcp_bench_quality", help="folder of the runs")
+    p.add_argument("--out", default=str(HERE / "results" / "quality.json"), help="rows and settings (JSON)")
+    p.add_argument("--plot", default=str(HERE / "quality.png"), help="mAP50-95 against GFLOPs")
+    p.add_argument("--summarize", metavar="JSON", help="only print the table and plot of an earlier --out")
+    p.add_argument("--json", action="store_true", help="print the result as a JSON object on the last line")
+    return p.parse_args()
+
+
+def _load(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The earlier rows of the same benchmark settings (a re-run continues), or a fresh result."""
+    settings = {k: getattr(args, k) for k in ("weights", "data", "img", "subset", "cycles", "epochs", "batch",
+                                              "hyp", "seed")}  # fmt: skip
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("settings") == settings:
+            return old
+    return {"settings": settings, "rows": [], "runs": []}
+
+
+def _save(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
 
 
 def main() -> None:
     args = parse_args()
     if args.summarize:
-        summarize_logs(args)
+        result = json.loads(Path(args.summarize).read_text())
+        print_table(result["rows"])
+        plot(result["rows"], args.plot)
         return
+    out = Path(args.out)
+    result = _load(out, args)
     started = time.perf_counter()
-    torch.manual_seed(args.seed)
     cfg = load_data_config(args.data)
     model = pagcp.load_model(args.weights)
-    img = args.img
-    problem = yolo_problem(model, image_files(cfg["val"]), img, 16, args.subset, 0)
-    graph = pagcp.trace(model, problem.example_input())
-    data = train_data(cfg, args.train_images, 32, args.seed)
+    graph = pagcp.trace(model, torch.zeros(1, 3, args.img, args.img))
     units = prunable_units(graph)
+    done = {(r["method"], r["target"]) for r in result["rows"]}
 
-    def val(m: nn.Module) -> dict[str, float]:
-        r = evaluate(m, cfg, img_size=img, batch_size=32, device="cpu", progress=False)
-        return {"map50": round(r["map50"], 4), "map50_95": round(r["map50_95"], 4)}
+    def add(row: dict[str, Any]) -> None:
+        result["rows"].append(row)
+        _save(out, result)
+        print(json.dumps(row), flush=True)
 
-    rows: list[dict[str, Any]] = [{
-        "method": "unpruned", "level": "-", **pagcp.model_stats(model, img),
-        **{f"{k}_pruned": v for k, v in val(model).items()},
-        "latency_ms": round(latency_ms(model, img, args.latency_runs), 2),
-    }]  # fmt: skip
-    print(f"unpruned: {rows[0]}", flush=True)
-    levels = args.levels.split(",")
-    reuse = args.pagcp_run and "default" in levels
-    found = pagcp_keeps(graph, problem, [v for v in levels if not (reuse and v == "default")], img)
-    if reuse:
-        found["default"] = reused_search(graph, args.pagcp_run)
-    for level in levels:
-        keep, info = found["default" if level == "default" else f"{float(level):g}"]
-        for method in [m for m in args.methods.split(",") if m]:
-            t0 = time.perf_counter()
-            pruned, extra, method = method_model(method, graph, model, keep, info, units, img, args.seed)
-            stats = pagcp.model_stats(pruned, img)
-            row = {"method": method, "level": level, **stats,
-                   "gflops_vs_pagcp": round(stats["gflops"] * 1e9 / graph.flops(keep, img), 4),
-                   **{f"{k}_pruned": v for k, v in val(pruned).items()},
-                   "latency_ms": round(latency_ms(pruned, img, args.latency_runs), 2), **extra}  # fmt: skip
-            if args.epochs > 0:
-                tuned = finetune(pruned, data, args, f"{level}-{method}")
-                row.update({f"{k}_finetuned": v for k, v in val(tuned).items()})
-            row["seconds"] = round(time.perf_counter() - t0, 1)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    report(rows, args, started)
-
-
-def report(rows: list[dict[str, Any]], args: argparse.Namespace, started: float) -> None:
-    print_table(rows)
-    if args.plot:
-        plot(rows, args.plot, args.epochs > 0)
-    result = {
-        "rows": rows, "weights": args.weights, "data": args.data, "img": args.img, "subset": args.subset,
-        "epochs": args.epochs, "train_images": args.train_images, "hyp": args.hyp,
-        "seconds": round(time.perf_counter() - started, 1),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{torch.get_num_threads()} threads",
-        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }  # fmt: skip
+    if ("unpruned", None) not in done:
+        add({"method": "unpruned", "target": None, **pagcp.model_stats(model, args.img),
+             **{f"{k}_finetuned": v for k, v in validate(model, cfg, args.img).items()},
+             "latency_ms": round(latency_ms(model, args.img, args.latency_runs), 2)})  # fmt: skip
+    for target in (float(t) for t in args.targets.split(",")):
+        if ("pagcp", target) not in done:
+            add(pagcp_row(args, cfg, target)[0])
+        ours = next(r for r in result["rows"] if r["method"] == "pagcp" and r["target"] == target)
+        flops = ours["gflops"] * 1e9
+        for method in (m for m in args.methods.split(",") if m):
+            if not any(r["target"] == target and r["method"] in (method, "global") for r in result["rows"]):
+                add(baseline_row(args, cfg, graph, model, method, target, flops, units))
+    result["runs"].append(_machine(time.perf_counter() - started))
+    _save(out, result)
+    print_table(result["rows"])
+    plot(result["rows"], args.plot)
     if args.json:
         print(json.dumps(result))
 
 
+def _machine(seconds: float) -> dict[str, Any]:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(seconds, 1),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                       f"{torch.get_num_threads()} threads", "load_average_1min": load,
+            "torch": torch.__version__}  # fmt: skip
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(
-        "| level | method | params | GFLOPs | mAP50-95 pruned | mAP50-95 fine-tuned | mAP50 fine-tuned | latency ms |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(markdown_table(rows))
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """One line per (target, method): GFLOPs, params, mAP50-95 before/after fine-tuning, epochs, latency."""
+    lines = ["| target | method | GFLOPs (vs PAGCP) | params | mAP50-95 pruned | mAP50-95 fine-tuned | mAP50 "
+             "fine-tuned | epochs | latency ms |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
-        print(
-            f"| {r['level']} | {r['method']} | {r['params']:,} | {r['gflops']:.3f} | {r['map50_95_pruned']:.4f} | "
-            f"{r.get('map50_95_finetuned', float('nan')):.4f} | {r.get('map50_finetuned', float('nan')):.4f} | "
-            f"{r['latency_ms']:.1f} |"
-        )
+        target = "-" if r["target"] is None else f"{r['target']:g}×"
+        vs = "" if r["method"] in ("pagcp", "unpruned") else f" ({r['gflops_vs_pagcp']:.3f})"
+        pruned = r.get("map50_95_pruned")
+        pruned = "-" if pruned is None else f"{pruned:.4f}" + (" ¹" if r["method"] == "pagcp" else "")
+        lines.append(f"| {target} | {r['method']} | {r['gflops']:.3f}{vs} | {r['params']:,} | {pruned} | "
+                     f"{r['map50_95_finetuned']:.4f} | {r['map50_finetuned']:.4f} | {r.get('epochs', '-')} | "
+                     f"{r['latency_ms']:.1f} |")  # fmt: skip
+    return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: str, tuned: bool) -> None:
+def plot(rows: list[dict[str, Any]], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    key = "map50_95_finetuned" if tuned else "map50_95_pruned"
     for method, marker in zip(("pagcp", "uniform", "tp-global", "global", "random"), "o^sDv"):
-        pts = sorted((r["gflops"], r[key], r["map50_95_pruned"]) for r in rows if r["method"] == method)
+        pts = sorted((r["gflops"], r["map50_95_finetuned"]) for r in rows if r["method"] == method)
         if pts:
-            line = ax.plot([g for g, _, _ in pts], [m for _, m, _ in pts], marker=marker, label=method)[0]
-            if tuned:
-                ax.plot(
-                    [g for g, _, _ in pts],
-                    [m for _, _, m in pts],
-                    marker=marker,
-                    ls=":",
-                    mfc="none",
-                    color=line.get_color(),
-                )
+            ax.plot([g for g, _ in pts], [m for _, m in pts], marker=marker, label=method)
     unpruned = [r for r in rows if r["method"] == "unpruned"]
     if unpruned:
-        ax.axhline(unpruned[0]["map50_95_pruned"], color="gray", ls="--", label="unpruned")
+        ax.axhline(unpruned[0]["map50_95_finetuned"], color="gray", ls="--", label="unpruned")
     ax.set_xlabel("GFLOPs (320 px)")
-    ax.set_ylabel("mAP50-95 (demo val)")
-    ax.set_title("matched GFLOPs; solid: fine-tuned, dotted: before fine-tuning" if tuned else "before fine-tuning")
+    ax.set_ylabel("mAP50-95 (demo val, 500 images)")
+    ax.set_title("matched GFLOPs, same fine-tuning budget")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

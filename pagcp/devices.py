@@ -37,6 +37,16 @@ def select_device(device: str | torch.device | None, local_rank: int = 0, world_
     return torch.device(f"cuda:{index}")
 
 
+def describe_device(device: torch.device) -> str:
+    """``cuda:0 (NVIDIA H200, 139 GiB)`` or ``cpu (no CUDA device visible)`` / ``cpu (N threads)``."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{device} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    if not torch.cuda.is_available():
+        return f"cpu ({torch.get_num_threads()} threads; no CUDA device visible)"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def distributed_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from the torchrun environment; (0, 1, 0) without it."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))

@@ -25,7 +25,8 @@ ALLOWED = {
     "detection": {"models", "data"},
     "training": {"models", "data", "detection"},
     "engine": {"graph", "ops", "models", "data", "detection"},
-    "cli": {"engine", "graph", "ops", "models", "data", "detection", "training"},
+    "deploy": {"models"},
+    "cli": {"engine", "graph", "ops", "models", "data", "detection", "training", "deploy"},
 }
 
 

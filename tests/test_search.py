@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -15,7 +16,7 @@ from pagcp.engine.naive import naive_lambda
 from pagcp.engine.rule import solve_lambda
 from pagcp.engine.saliency import select_keep, unit_scores
 from pagcp.engine.search import Search
-from pagcp.engine.settings import RATIOS, PruneSettings
+from pagcp.engine.settings import RATIOS, REFERENCE_RATIOS, PruneSettings
 from pagcp.engine.yolo import YoloProblem, subset_indices
 from pagcp.errors import ConfigError, PagcpError
 from pagcp.models.yolo import Detect
@@ -47,6 +48,27 @@ def test_ratios_and_settings_validation():
         PruneSettings(compression="everything")
     with pytest.raises(ConfigError, match="--target-gflops"):
         PruneSettings(target_gflops=2.0)
+
+
+def test_reference_ratios_are_numpys_linspace_and_count_in_float64():
+    grid = np.linspace(0.05, 0.95, 19)
+    assert REFERENCE_RATIOS == tuple(grid.tolist())
+    assert REFERENCE_RATIOS[7] == 0.39999999999999997 and REFERENCE_RATIOS[9] == 0.49999999999999994
+    reference = PruneSettings(compat="reference")
+    assert reference.ratios == REFERENCE_RATIOS and PruneSettings().ratios == RATIOS
+    assert PruneSettings.from_dict(reference.to_dict()) == reference
+    assert reference.pruned_count(REFERENCE_RATIOS[9], 64) == 31  # "0.50" of 64 channels: 31, not 32
+    assert PruneSettings().pruned_count(0.5, 64) == 32
+    mismatched = 0
+    for width in range(1, 513):
+        expected = np.minimum(np.floor(grid * width), width - 1).astype(int).tolist()  # numpy's float64 products
+        assert [reference.pruned_count(r, width) for r in REFERENCE_RATIOS] == expected, width
+        decimal = [min((5 * i * width) // 100, width - 1) for i in range(1, 20)]  # exact: floor(5i/100 · width)
+        assert [PruneSettings().pruned_count(r, width) for r in RATIOS] == decimal, width
+        mismatched += expected != decimal
+    assert mismatched > 100  # the two rules differ at many widths (e.g. every multiple of 2 at "0.50")
+    scores = torch.arange(64.0)
+    assert int(select_keep(scores, torch.ones(64, dtype=torch.bool), REFERENCE_RATIOS[9], exact=False).sum()) == 33
 
 
 def test_select_keep_prunes_lowest_and_keeps_one():
@@ -258,7 +280,7 @@ def test_search_resume_gives_identical_result(tmp_path, yolo, caplog):
         pass
 
     def stop_after_three(p):
-        if p["position"] == 3:
+        if p["event"] == "unit" and p["position"] == 3:
             raise Stop
 
     part = fresh(tmp_path / "part.json")
@@ -320,7 +342,7 @@ def test_target_gflops_runs_rounds(yolo):
     keep = search.run()
     ratio = graph.flops(keep, 64) / graph.flops(None, 64)
     rounds = search.state.history
-    assert ratio <= 0.6 or len(rounds) == 3
+    assert 0.6 <= ratio <= 0.6 * 1.02 or len(rounds) == 3  # the target, from above, within 2 %
     assert [r["round"] for r in rounds] == list(range(len(rounds)))
     assert all(a["gflops"] > b["gflops"] for a, b in zip(rounds, rounds[1:]))
 
@@ -376,3 +398,34 @@ def test_oracle_splits_candidates_when_the_device_runs_out_of_memory(yolo, monke
     assert len(got) == len(expected) == 3
     for a, b in zip(got, expected):
         torch.testing.assert_close(a.losses, b.losses, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("fraction", [0.9, 0.75])
+def test_target_gflops_is_met_within_two_percent(yolo, fraction):
+    """A round that prunes below the target is filled up to it by efficiency; the report says so."""
+    _, _, problem = yolo
+    loose = PruneSettings(initial_rate=0.5, initial_thres=40.0, compression="backbone", target_gflops=fraction)
+    result = problem.prune(loose)
+    graph = result.graph
+    original = graph.flops(None, 64)
+    pruned = graph.flops(result.keep, 64)
+    assert fraction <= pruned / original <= fraction * 1.02
+    assert result.stop_rule.startswith(f"target {fraction:g} x reached in round 0")
+    assert len(result.history) == 1  # one round got there
+    changed = [d for d in result.decisions if d["target_ratio"] is not None]
+    assert changed and "filled up to it by efficiency" in result.stop_rule
+    for d in changed:  # a smaller ratio than searched, or none at all
+        assert d["target_ratio"] < d["ratio"] and d["selected"] == (d["target_ratio"] > 0)
+    unconstrained = problem.prune(PruneSettings(initial_rate=0.5, initial_thres=40.0, compression="backbone"))
+    assert unconstrained.graph.flops(unconstrained.keep, 64) / original < fraction  # without the target it goes further
+    assert unconstrained.stop_rule.startswith("one round")
+
+
+def test_target_gflops_not_reached_says_why(yolo):
+    _, _, problem = yolo
+    tight = PruneSettings(initial_rate=0.0001, initial_thres=1.001, compression="backbone", target_gflops=0.3,
+                          max_rounds=2)  # fmt: skip
+    result = problem.prune(tight)
+    graph = result.graph
+    assert "not reached (--max-rounds 2 used)" in result.stop_rule
+    assert graph.flops(result.keep, 64) / graph.flops(None, 64) > 0.3 and len(result.history) == 2

@@ -138,6 +138,14 @@ def test_lr_in_a_real_run_follows_the_warmup(tiny_data, tmp_path):
     assert float(last["lr/weights"]) == pytest.approx(3 / 100 * 0.006, rel=1e-5)
     assert float(last["lr/bn_weights"]) == pytest.approx(3 / 100 * 0.006, rel=1e-5)
     assert float(rows[0]["lr/weights"]) == pytest.approx(1 / 100 * 0.01, rel=1e-5)
+    # two logging steps per epoch (one per batch here); each epoch's steps average to its results.csv loss
+    with open(os.path.join(run, "steps.csv"), newline="") as f:
+        steps = list(csv.DictReader(f))
+    assert [float(r["epoch"]) for r in steps] == [0.5, 1.0, 1.5, 2.0]
+    for epoch, row in enumerate(rows):
+        mine = steps[2 * epoch : 2 * epoch + 2]
+        mean = sum(float(r["train/box_loss"]) for r in mine) / 2
+        assert mean == pytest.approx(float(row["train/box_loss"]), rel=1e-4)
     # a finished run keeps no training state; best.pt and last.pt load as models
     last_model = load_checkpoint_file(results["last"])
     assert "train_state" not in last_model.meta and last_model.meta["epoch"] == 1
@@ -162,6 +170,10 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_data, tmp_path):
     assert not state_dicts_equal(a, tiny_model().state_dict())  # it did train
     with open(os.path.join(stopped["save_dir"], "results.csv"), newline="") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2]
+    with open(os.path.join(stopped["save_dir"], "steps.csv"), newline="") as f:
+        resumed_steps = [r["epoch"] for r in csv.DictReader(f)]
+    with open(os.path.join(full["save_dir"], "steps.csv"), newline="") as f:
+        assert resumed_steps == [r["epoch"] for r in csv.DictReader(f)]  # each step once
 
 
 def test_pruned_checkpoint_fine_tunes_with_its_widths(tiny_data, tmp_path, capsys):

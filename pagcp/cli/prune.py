@@ -26,6 +26,8 @@ from pagcp.errors import ConfigError
 
 log = logging.getLogger("pagcp.prune")
 PROG = "python -m pagcp.prune"
+LATENCY_RUNS = 30
+ORACLE_SPLITS = ("train", "val")
 DEFAULT_SUBSET = 64
 
 
@@ -53,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16,
                    help="oracle batch (the reference's loader uses 2 x batch, see --compat)")  # fmt: skip
     g.add_argument("--subset", type=_subset, default=DEFAULT_SUBSET,
-                   help="oracle images drawn (seeded) from the val split, or 'all'")  # fmt: skip
+                   help="oracle images drawn (seeded) from --oracle-split, or 'all'")  # fmt: skip
+    g.add_argument("--oracle-split", "--oracle_split", dest="oracle_split", choices=ORACLE_SPLITS, default=None,
+                   help="split the oracle's images come from (default: train; val with --compat reference); "
+                        "mAP is always measured on val")  # fmt: skip
     g.add_argument(
         "--device", default="", help="cpu, 0, cuda:0 (default: the first CUDA device when there is one, else cpu)"
     )
@@ -77,15 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--thres-slope", "--thres_slope", dest="thres_slope", type=float, default=0.0,
                    help="added to --initial-thres per round")  # fmt: skip
     r.add_argument("--target-gflops", "--target_gflops", dest="target_gflops", type=float, default=None,
-                   help="run rounds until GFLOPs <= this fraction of the original (default: one round)")  # fmt: skip
+                   help="end at this fraction of the original GFLOPs (within +2 %%), running rounds or cycles "
+                        "until it is reached (default: one round, as far as the rule allows)")  # fmt: skip
     r.add_argument("--max-rounds", "--max_rounds", dest="max_rounds", type=int, default=8,
-                   help="most rounds --target-gflops may run")  # fmt: skip
+                   help="most rounds back to back (without fine-tuning) that --target-gflops may run")  # fmt: skip
+    r.add_argument("--cycles", type=int, default=1,
+                   help="prune -> fine-tune cycles: each searches one round (index --round + cycle) on the "
+                        "previous cycle's fine-tuned model; with --target-gflops, at most this many")  # fmt: skip
+    r.add_argument("--cycle-epochs", "--cycle_epochs", dest="cycle_epochs", type=int, default=1,
+                   help="fine-tuning epochs after each cycle's search (with --cycles > 1)")  # fmt: skip
     r.add_argument("--compat", choices=COMPAT_MODES, default="default",
                    help="'reference' reproduces the reference implementation, quirks included")  # fmt: skip
     r.add_argument("--chunk", type=int, default=0, help="candidates per oracle pass (0: 1 on CPU, 4 on GPU)")
     f = p.add_argument_group("fine-tuning and output")
     f.add_argument("--finetune-epochs", "--finetune_epochs", dest="finetune_epochs", type=int, default=1,
-                   help="fine-tuning epochs of the pruned model (0: search only)")  # fmt: skip
+                   help="epochs of the final fine-tune of the pruned model (0: none)")  # fmt: skip
     f.add_argument("--finetune-batch", "--finetune_batch", dest="finetune_batch", type=int, default=16,
                    help="fine-tuning batch size")  # fmt: skip
     hyp_help = "fine-tuning hyp: finetune (short runs), scratch (the paper's long runs) or a yaml"
@@ -94,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--name", default="exp", help="run folder name (exp, exp2, ... when taken)")
     f.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue an interrupted run: its folder, or none for the latest in --project")  # fmt: skip
+    f.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
+                   help="export the original and final models to ONNX and measure their ONNX Runtime CPU latency "
+                        "(needs pagcp[export]; skipped with a note without it)")  # fmt: skip
     f.add_argument("--json", action="store_true", help="print the report as a JSON object on the last line")
     return p
 
@@ -109,10 +123,19 @@ def settings_from_args(args: argparse.Namespace) -> PruneSettings:
 
 def _check_args(args: argparse.Namespace) -> None:
     checks = (("--img", args.img, 32), ("--batch", args.batch, 1), ("--workers", args.workers, 0),
-              ("--finetune-epochs", args.finetune_epochs, 0), ("--finetune-batch", args.finetune_batch, 1))  # fmt: skip
+              ("--finetune-epochs", args.finetune_epochs, 0), ("--finetune-batch", args.finetune_batch, 1),
+              ("--cycles", args.cycles, 1), ("--cycle-epochs", args.cycle_epochs, 0))  # fmt: skip
     for flag, value, low in checks:
         if value < low:
             raise ConfigError(f"{flag} {value}: must be >= {low}")
+    if args.compat == "reference" and args.oracle_split == "train":
+        raise ConfigError("--oracle-split train: --compat reference prunes on the val split, as the reference does")
+    args.oracle_split = oracle_split(args)
+
+
+def oracle_split(args: argparse.Namespace) -> str:
+    """``--oracle-split``, or its default: train, and val under ``--compat reference``."""
+    return args.oracle_split or ("val" if args.compat == "reference" else "train")
 
 
 def _latest_run(project: Path) -> Path:
@@ -165,12 +188,15 @@ def _load_job(args: argparse.Namespace) -> Job:
             f"{model.model[-1].nc} classes; use the data yaml the model was trained on"
         )
     if not cfg.get("val"):
-        raise ConfigError(f"--data {args.data}: no 'val' split for the oracle")
-    files = image_files(cfg["val"])
+        raise ConfigError(f"--data {args.data}: no 'val' split to measure mAP on")
+    split = oracle_split(args)
+    if not cfg.get(split):
+        raise ConfigError(f"--oracle-split {split}: --data {args.data} has no such split")
+    files = image_files(cfg[split])
     if args.subset is not None and args.subset > len(files):
         raise ConfigError(
-            f"--subset {args.subset} is larger than the val split of {args.data} ({len(files)} images);"
-            f" use --subset all or at most {len(files)}"
+            f"--subset {args.subset} is larger than the {split} split of {args.data} ({len(files)}"
+            f" images); use --subset all or at most {len(files)}"
         )
     stride = model_stride(model)
     return Job(model, cfg, files, image_size(args.img, stride), device)
@@ -187,120 +213,15 @@ def _new_run(args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def _progress_bar():
-    """A tqdm bar over units, or one log line per unit when stdout is not a terminal."""
-    from tqdm import tqdm
-
-    bar = tqdm(desc="pruning", unit="unit", disable=None)
-
-    def progress(p: dict[str, Any]) -> None:
-        text = f"{p['unit']} ratio {p['ratio']:.2f} -> {p['gflops']:.3f} GFLOPs"
-        if bar.disable:
-            tripped = f" (tripped: {p['tripped']})" if p["tripped"] else ""
-            log.info("unit %d/%d %s%s", p["position"], p["total"], text, tripped)
-            return
-        bar.total, bar.n = p["total"], p["position"]
-        bar.set_postfix_str(text)
-
-    return bar, progress
-
-
-def _search(args: argparse.Namespace, job: Job, settings: PruneSettings, run_dir: Path, resuming: bool):
-    """PAGCP through the Python API on the YOLO oracle; a Ctrl-C says how to resume."""
-    from pagcp.engine.yolo import yolo_problem
-
-    oracle_batch = 2 * args.batch if settings.compat == "reference" else args.batch
-    subset_text = "all" if args.subset is None else args.subset
-    log.info("run folder %s; oracle: %s val images at %d px, batch %d, on %s",
-             run_dir, subset_text, job.img, oracle_batch, job.device)  # fmt: skip
-    problem = yolo_problem(
-        job.model, job.files, job.img, oracle_batch, args.subset, args.seed, job.device, args.workers
-    )
-    checksum = float(sum(p.detach().double().abs().sum() for p in job.model.parameters()))
-    fingerprint = {"weights": str(args.weights), "data": str(args.data), "img": job.img, "subset": args.subset,
-                   "batch": oracle_batch, "seed": args.seed, "weights_checksum": checksum}  # fmt: skip
-    state_path = run_dir / "state.json"
-    bar, progress = _progress_bar()
-    try:
-        return problem.prune(settings, state_path=state_path, resume=resuming and state_path.is_file(),
-                             progress=progress, fingerprint=fingerprint)  # fmt: skip
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python -m pagcp.prune --resume {run_dir}", file=sys.stderr)
-        raise
-    finally:
-        bar.close()
-
-
-def _finetune(model, args: argparse.Namespace, run_dir: Path, img: int):
-    """Fine-tune the pruned model; a resumed run reuses ``finetuned.pt`` or continues the interrupted fine-tune."""
-    from pagcp import load_model
-    from pagcp.training.loop import train
-    from pagcp.training.settings import TrainSettings
-    from pagcp.training.state import read_train_state
-
-    if args.resume and (run_dir / "finetuned.pt").is_file():
-        log.info("fine-tuning had finished: using %s", run_dir / "finetuned.pt")
-        return load_model(run_dir / "finetuned.pt", device=next(model.parameters()).device)
-    last = run_dir / "finetune" / "weights" / "last.pt"
-    if args.resume and last.is_file():
-        tuned, state = read_train_state(last)
-        log.info("continuing the interrupted fine-tune from %s (epoch %d of %d done)", last, state["epoch"] + 1,
-                 state["settings"]["epochs"])  # fmt: skip
-        result = train(tuned, args.data, TrainSettings(**state["settings"]), resume_state=state)
-        return result["model"].float().eval()
-    s = TrainSettings(epochs=args.finetune_epochs, img_size=img, batch_size=args.finetune_batch, device=args.device,
-                      hyp=args.hyp, workers=args.workers, project=str(run_dir), name="finetune", exist_ok=True,
-                      weights=str(run_dir / "pruned.pt"), data=str(args.data))  # fmt: skip
-    result = train(model.train(), args.data, s)
-    return result["model"].float().eval()
-
-
-def _validate(args: argparse.Namespace, job: Job, result, run_dir: Path, settings: PruneSettings) -> dict[str, Any]:
-    """Save the pruned (and fine-tuned) checkpoint; mAP before, after pruning and after fine-tuning."""
-    from pagcp import model_stats, save_model
-    from pagcp.detection.evaluate import evaluate
-    from pagcp.runs import write_json_atomic
-
-    pruned = result.model.eval()
-    stats_before, stats_after = model_stats(job.model, job.img), model_stats(pruned, job.img)
-    meta = {"source": str(args.weights), "img_size": job.img, "gflops": stats_after["gflops"],
-            "pagcp": settings.to_dict()}  # fmt: skip
-    save_model(pruned, run_dir / "pruned.pt", **meta)
-
-    done_path = run_dir / "validation.json"  # figures already measured, kept for a resumed run
-    done = json.loads(done_path.read_text()) if args.resume and done_path.is_file() else {}
-
-    def val(m, which: str) -> dict[str, Any]:
-        if which not in done:
-            log.info("validating the %s model (%s split of %s, %d px)", which, "val", args.data, job.img)
-            r = evaluate(m, job.cfg, img_size=job.img, batch_size=32, device=job.device, workers=args.workers,
-                         progress=True)  # fmt: skip
-            done[which] = {"map50": r["map50"], "map50_95": r["map50_95"]}
-            write_json_atomic(done_path, done)
-        return done[which]
-
-    before, after, tuned = val(job.model, "original"), val(pruned, "pruned"), None
-    if args.finetune_epochs > 0:
-        tuned_model = _finetune(pruned, args, run_dir, job.img)
-        save_model(tuned_model, run_dir / "finetuned.pt", **meta)
-        tuned = val(tuned_model, "fine-tuned")
-    return {
-        "params_before": stats_before["params"], "params_after": stats_after["params"],
-        "gflops_before": stats_before["gflops"], "gflops_after": stats_after["gflops"],
-        "map50_before": before["map50"], "map50_95_before": before["map50_95"],
-        "map50_after": after["map50"], "map50_95_after": after["map50_95"],
-        "map50_finetuned": tuned["map50"] if tuned else None,
-        "map50_95_finetuned": tuned["map50_95"] if tuned else None,
-    }  # fmt: skip
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole job; returns the report dict."""
+    from pagcp import model_stats
+    from pagcp.cli.pipeline import PruneRun
     from pagcp.cli.report import UNIT_FIELDS, write_report
+    from pagcp.devices import describe_device
 
     _check_args(args)
-    resuming = args.resume is not None
-    run_dir = _resumed_run(args) if resuming else None
+    run_dir = _resumed_run(args) if args.resume is not None else None
     if run_dir is not None and (run_dir / "report.json").is_file():
         log.info("%s has finished (its report.json is written); nothing to redo. Results: %s", run_dir,
                  run_dir / "report.md")  # fmt: skip
@@ -308,19 +229,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = settings_from_args(args)
     job = _load_job(args)
     run_dir = run_dir or _new_run(args)
-    result = _search(args, job, settings, run_dir, resuming)
-    figures = _validate(args, job, result, run_dir, settings)
-    tuned = figures["map50_finetuned"] is not None
+    subset_text = "all" if args.subset is None else args.subset
+    log.info("run folder %s; device %s; oracle: %s %s images at %d px, batch %d", run_dir,
+             describe_device(job.device), subset_text, args.oracle_split, job.img,
+             2 * args.batch if settings.compat == "reference" else args.batch)  # fmt: skip
+    figures = PruneRun(args, job, settings, run_dir).run()
+    result, final_model = figures.pop("result"), figures.pop("final_model")
+    before, after = model_stats(job.model, job.img), model_stats(result.model, job.img)
     report = {
         "weights": str(args.weights), "data": str(args.data), "run_dir": str(run_dir), **figures,
+        "params_before": before["params"], "params_after": after["params"],
+        "gflops_before": before["gflops"], "gflops_after": after["gflops"],
         "img_size": job.img, "subset": args.subset if args.subset is not None else len(job.files),
-        "evaluations": result.evaluations, "search_seconds": result.seconds, "lambda": result.lam,
-        "settings": settings.to_dict(), "rounds": len(result.history),
-        "units": [{k: d[k] for k in UNIT_FIELDS} for d in result.decisions],
-        "pruned": str(run_dir / "pruned.pt"), "finetuned": str(run_dir / "finetuned.pt") if tuned else None,
+        "oracle_split": args.oracle_split, "oracle_images": str(run_dir / "oracle_images.txt"),
+        "lambda": result.lam, "settings": settings.to_dict(), "rounds": len(result.history),
+        "units": [{k: round(d[k], 4) if k == "ratio" else d[k] for k in UNIT_FIELDS} for d in result.decisions],
+        "latency": _latency(args, job, final_model, run_dir),
     }  # fmt: skip
     write_report(run_dir, report)
     return report
+
+
+def _latency(args: argparse.Namespace, job: Job, final_model, run_dir: Path) -> dict[str, Any] | None:
+    """ONNX files of the original and final models and their ONNX Runtime CPU latency, side by side."""
+    if not args.latency:
+        return None
+    from pagcp.deploy import compare_latency, export_onnx
+
+    try:
+        onnx = {"original": run_dir / "original.onnx", "pruned": run_dir / "pruned.onnx"}
+        for name, model in (("original", job.model), ("pruned", final_model)):
+            if not onnx[name].is_file():
+                export_onnx(model, onnx[name], img_size=job.img)
+        log.info("measuring ONNX Runtime CPU latency (batch 1, %d px) of the original and the pruned model", job.img)
+        times = compare_latency(onnx, job.img, runs=LATENCY_RUNS, warmup=5)
+    except ConfigError as e:  # onnx / onnxruntime missing
+        log.warning("latency not measured: %s", e)
+        return {"error": str(e)}
+    return {name: {**t, "onnx": str(onnx[name])} for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,9 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     code, report = guarded(PROG, lambda: run(args))
     if code:
         return code
-    from pagcp.cli.report import summary_table
+    from pagcp.cli.report import cycles_table, latency_lines, summary_table
 
     print(summary_table(report))
+    if len(report["cycles"]) > 1:
+        print(cycles_table(report["cycles"]))
+    print(f"ended by: {report['stop_rule']}")
+    for line in latency_lines(report.get("latency")):
+        print(line.removeprefix("- "))
     print(
         f"search: {report['evaluations']} evaluations in {report['search_seconds']:.1f} s; "
         f"total {time.perf_counter() - started:.1f} s; results in {report['run_dir']}"

@@ -8,7 +8,7 @@ from typing import Any
 from pagcp.runs import write_json_atomic
 
 #: what the report keeps of each unit's decision
-UNIT_FIELDS = ("name", "channels_before", "channels_after", "ratio", "tripped_task", "selected")
+UNIT_FIELDS = ("name", "channels_before", "channels_after", "ratio", "tripped_task", "selected", "target_ratio")
 REQUIRED = (
     "params_before",
     "params_after",
@@ -27,6 +27,9 @@ REQUIRED = (
     "lambda",
     "settings",
     "units",
+    "oracle_split",
+    "stop_rule",
+    "cycles",
 )
 
 
@@ -56,13 +59,42 @@ def summary_table(report: dict[str, Any]) -> str:
 def unit_outcome(u: dict[str, Any], topk: float) -> str:
     """What happened to one unit, in words."""
     tripped = f"; the next ratio tripped the {u['tripped_task']} loss" if u["tripped_task"] else ""
+    target = u.get("target_ratio")
+    if u["selected"] and target:
+        return (f"pruned {u['channels_before']} → {u['channels_after']} at ratio {target:.2f} (searched to "
+                f"{u['ratio']:.2f}; less to meet --target-gflops){tripped}")  # fmt: skip
     if u["selected"]:
         return f"pruned {u['channels_before']} → {u['channels_after']} at ratio {u['ratio']:.2f}{tripped}"
+    if u["ratio"] > 0 and target == 0:
+        return f"searched to {u['ratio']:.2f}, left unpruned to meet --target-gflops{tripped}"
     if u["ratio"] > 0:
         return f"searched to {u['ratio']:.2f}, left unpruned by topk {topk:g}{tripped}"
     if u["tripped_task"]:
         return f"kept whole: {u['tripped_task']} loss tripped at the first ratio"
     return "kept whole"
+
+
+def cycles_table(cycles: list[dict[str, Any]]) -> str:
+    """One row per prune -> fine-tune cycle."""
+    lines = ["| cycle | round | GFLOPs | params | mAP50-95 pruned | mAP50-95 fine-tuned | search s | evaluations |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for c in cycles:
+        lines.append(f"| {c['cycle']} | {c['round']} | {c['gflops']:.4f} | {c['params']:,} | "
+                     f"{c['map50_95_pruned']:.4f} | {_fmt(c['map50_95_finetuned'], '.4f')} | "
+                     f"{c['search_seconds']:.1f} | {c['evaluations']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def latency_lines(latency: dict[str, Any] | None) -> list[str]:
+    """The ONNX Runtime CPU latency of the original and the pruned model, or why it is missing."""
+    if not latency:
+        return []
+    if "error" in latency:
+        return [f"- ONNX Runtime latency: not measured ({latency['error']})"]
+    o, p = latency["original"], latency["pruned"]
+    return [f"- ONNX Runtime CPU latency (batch 1, {o['threads']} threads, median of {o['runs']} interleaved runs): "
+            f"original {o['median_ms']:.2f} ms, pruned {p['median_ms']:.2f} ms "
+            f"({o['median_ms'] / p['median_ms']:.2f}x faster)"]  # fmt: skip
 
 
 def units_table(units: list[dict[str, Any]], topk: float) -> str:
@@ -82,6 +114,12 @@ def _outputs(report: dict[str, Any]) -> list[str]:
         f"- `{run_dir / 'state.json'}`: the search state (`--resume` continues from it)",
         f"- `{run_dir / 'report.json'}`: this report as JSON",
     ]
+    if len(report.get("cycles", [])) > 1:
+        files[2] = f"- `{run_dir / 'cycle*'}`: each cycle's `state.json`, `pruned.pt`, `finetune/`, `finetuned.pt`"
+        files.append(f"- `{run_dir / 'cycles.png'}`: mAP50-95 against GFLOPs across the cycles")
+    latency = report.get("latency") or {}
+    if "pruned" in latency:
+        files.append(f"- `{latency['pruned']['onnx']}`: the final model in ONNX (ONNX Runtime ran it for the latency)")
     best = report.get("pruned")
     if report.get("finetuned"):
         best = report["finetuned"]
@@ -96,6 +134,7 @@ def _outputs(report: dict[str, Any]) -> list[str]:
         "```bash",
         f"python -m pagcp.val --weights {best} --data {data} --img {img}",
         f"python -m pagcp.train --weights {best} --data {data} --img {img} --epochs 100",
+        f"python -m pagcp.export --weights {best} --img {img}",
         "```",
         "",
     ]
@@ -111,12 +150,21 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"- rule: initial rate {s['initial_rate']}, initial threshold {s['initial_thres']}, exp {s['exp']}, "
         f"topk {s['topk']}, compression {s['compression']}, saliency {s['saliency']}, compat {s['compat']}, "
         f"λ = {report['lambda']:.6f}",
-        f"- search: {report['evaluations']} candidate evaluations in {report['search_seconds']:.1f} s",
+        f"- oracle: {report['subset']} images of the {report['oracle_split']} split (listed in "
+        f"`oracle_images.txt`); mAP is measured on the val split",
+        f"- search: {report['evaluations']} candidate evaluations in {report['search_seconds']:.1f} s; "
+        f"ended by: {report['stop_rule']}",
+        *latency_lines(report.get("latency")),
         "",
         "```",
         summary_table(report),
         "```",
         "",
+        *(
+            ["## Cycles", "", cycles_table(report["cycles"]), "", "![mAP50-95 against GFLOPs](cycles.png)", ""]
+            if len(report["cycles"]) > 1
+            else []
+        ),
         *_outputs(report),
         "## Units (search order)",
         "",
@@ -156,12 +204,12 @@ def plot_channels(path: Path, units: list[dict[str, Any]]) -> None:
         ax.text(u["channels_before"] + width * 0.01, i, share, va="center", fontsize=8)
     ax.set_yticks(y)
     ax.set_yticklabels([u["name"].removeprefix("model.") for u in units], fontsize=8)
-    ax.invert_yaxis()  # first layer on top
+    ax.set_ylim(len(units) - 0.5, -0.5)  # first layer on top, no empty rows
     ax.set_xlim(0, width * 1.12)
     ax.set_xlabel("output channels")
     ax.set_title(f"PAGCP: channels per unit, by layer ({sum(removed)} of {sum(kept) + sum(removed)} removed)")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))  # room for the legend below
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -174,3 +222,38 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> None:
     write_json_atomic(run_dir / "report.json", report)
     write_markdown(run_dir / "report.md", report)
     plot_channels(run_dir / "channels.png", report["units"])
+    if len(report["cycles"]) > 1:
+        plot_cycles(run_dir / "cycles.png", report)
+
+
+def plot_cycles(path: Path, report: dict[str, Any]) -> None:
+    """mAP50-95 against GFLOPs: the original, then each cycle after its search and after its fine-tune."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs, ys = [report["gflops_before"]], [report["map50_95_before"]]
+    ax.annotate("original", (xs[0], ys[0]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for c in report["cycles"]:
+        xs.append(c["gflops"])
+        ys.append(c["map50_95_pruned"])
+        ax.annotate(f"cycle {c['cycle']}", (c["gflops"], c["map50_95_pruned"]), textcoords="offset points",
+                    xytext=(4, -10), fontsize=8)  # fmt: skip
+        if c["map50_95_finetuned"] is not None:
+            xs.append(c["gflops"])
+            ys.append(c["map50_95_finetuned"])
+    ax.plot(xs, ys, "-o", color="#2e86de", label="search (down) and fine-tune (up) of each cycle")
+    if report.get("map50_95_finetuned") is not None:
+        ax.plot([report["gflops_after"]], [report["map50_95_finetuned"]], "*", ms=14, color="#ee5253",
+                label="after the final fine-tune")  # fmt: skip
+    ax.invert_xaxis()
+    ax.set_xlabel("GFLOPs (pruning goes right)")
+    ax.set_ylabel("mAP50-95 (val)")
+    ax.set_title("PAGCP cycles: accuracy against compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

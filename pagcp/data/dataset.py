@@ -26,6 +26,8 @@ from pagcp.data.augment import augment_hsv, letterbox, mosaic4, random_affine, r
 from pagcp.errors import DataError
 from pagcp.hyps import load_hyp
 
+#: the dataset summaries already logged by this process
+_SAID: set[str] = set()
 LOGGER = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -209,7 +211,11 @@ class YoloDataset(Dataset):
             f"{self.prefix}{self.source}: {len(self.files)} images, {n_boxes} boxes, {empty} without labels;"
             f" skipped: {skipped}"
         )
-        (LOGGER.warning if sum(problems.counts.values()) else LOGGER.info)(summary)
+        if sum(problems.counts.values()):
+            LOGGER.warning(summary)
+        elif summary not in _SAID:  # a clean split scanned again in this process (another validation): said once
+            _SAID.add(summary)
+            LOGGER.info(summary)
         self.problems = {k: problems.counts[k] for k in kinds}
         if not self.files:
             raise DataError(f"{self.prefix}no readable images in {self.source} ({len(files)} files failed to decode)")

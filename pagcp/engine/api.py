@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pagcp.engine.oracle import SubsetOracle, TaskLoss
+from pagcp.engine.progress import SearchProgress
 from pagcp.engine.search import Search
 from pagcp.engine.settings import PruneSettings
 from pagcp.graph import ChannelGraph, Keep, trace
@@ -21,7 +22,7 @@ class PruneResult:
     """Outcome of :func:`prune`: the keep-masks, per-unit decisions (last round), and the sliced model.
 
     ``history`` has one entry per round; ``evaluations`` and ``seconds`` are the search's counts; ``lam`` is
-    the last round's λ.
+    the last round's λ; ``stop_rule`` says in words why the search ended (one round, target reached, ...).
     """
 
     keep: Keep
@@ -32,6 +33,7 @@ class PruneResult:
     evaluations: int = 0
     seconds: float = 0.0
     lam: float = 1.0
+    stop_rule: str = ""
 
     def summary(self) -> str:
         rows = [f"{'unit':40s} {'before':>6s} {'after':>6s} {'ratio':>5s}  tripped  selected"]
@@ -54,7 +56,7 @@ def prune(
     img_size: int | tuple[int, int] | None = None,
     state_path: str | Path | None = None,
     resume: bool = False,
-    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[dict[str, Any]], None] | bool | None = None,
     fingerprint: dict[str, Any] | None = None,
     settings: PruneSettings | None = None,
     **options: Any,
@@ -70,7 +72,11 @@ def prune(
         train_mode_leaves: leaf module classes that run in training mode for the loss (YOLO's Detect).
         img_size: the size FLOPs are counted at (default: the example input's).
         state_path: JSON file the search writes after every unit; ``resume=True`` continues it.
-        progress: called after every unit with its name, position, total, ratio, GFLOPs and tripped task.
+        progress: True for a progress bar (:class:`pagcp.engine.progress.SearchProgress`), or a callable
+            called with a dict per event: ``event="start"`` when a unit's search begins (``unit``,
+            ``position`` = units decided, ``total``, ``candidates``), ``"candidates"`` as they are decided
+            (``done``, ``candidates``), and ``"unit"`` after every unit (``unit``, ``position``, ``total``,
+            ``ratio``, ``gflops``, ``tripped``).
         fingerprint: what identifies the model and data in the state file (a resume on others fails); the
             number of units found is added to it.
         settings / **options: a :class:`pagcp.engine.settings.PruneSettings`, or its fields (initial_rate,
@@ -90,7 +96,15 @@ def prune(
     size = img_size if img_size is not None else tuple(example_input.shape[-2:])
     oracle = SubsetOracle(graph, batches, loss_fn, tasks, chunk=s.chunk, train_mode_leaves=train_mode_leaves)
     fingerprint = {**(fingerprint or {}), "units": len(graph.units)}
+    bar = SearchProgress() if progress is True else None
+    progress = bar or progress or None
     search = Search(graph, oracle, s, size, state_path=state_path, fingerprint=fingerprint, progress=progress)
-    keep = search.run(resume=resume)
+    try:
+        keep = search.run(resume=resume)
+    finally:
+        if bar is not None:
+            bar.close()
     st = search.state
-    return PruneResult(keep, st.decisions, graph.slice(keep), graph, st.history, st.evaluations, st.seconds, st.lam)
+    return PruneResult(
+        keep, st.decisions, graph.slice(keep), graph, st.history, st.evaluations, st.seconds, st.lam, st.stop_rule
+    )

@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -164,9 +165,12 @@ def naive_scores(graph: ChannelGraph, keep: Keep, unit_name: str, criterion: str
     return scores
 
 
-def _select(scores: torch.Tensor, keep: torch.Tensor, ratio: float) -> torch.Tensor:
+def _select(scores: torch.Tensor, keep: torch.Tensor, ratio: float, reference: bool) -> torch.Tensor:
+    """The lowest-scoring floor(ratio × alive) channels removed: the ratio's decimal times the width exactly,
+    or (reference) the float product as numpy computes it; one channel always stays."""
     alive = [i for i in range(len(keep)) if keep[i]]
-    n = min(int(ratio * len(alive)), len(alive) - 1)
+    product = ratio * len(alive) if reference else Fraction(repr(ratio)) * len(alive)
+    n = min(math.floor(product), len(alive) - 1)
     ranked = sorted(alive, key=lambda i: (float(scores[i]), i))
     new = keep.clone()
     for i in ranked[: max(n, 0)]:
@@ -197,7 +201,7 @@ def _visit(graph, oracle, rule: _Rule, unit: str, tasks, s: PruneSettings, img_s
     scores = _scores(graph, oracle, keep, unit, s.saliency)
     last, last_losses, last_mask, tripped, at_90 = None, None, None, None, None
     for i, r in enumerate(s.ratios):
-        mask = _select(scores, keep[unit], r)
+        mask = _select(scores, keep[unit], r, s.compat == "reference")
         losses = oracle.losses(_with(keep, unit, mask))
         if i == len(s.ratios) - 2:
             at_90 = (r, mask, losses)
@@ -241,7 +245,7 @@ def _topk(graph, oracle, decisions: list[dict[str, Any]], n_units: int, s: Prune
         d["selected"] = d["name"] in chosen
         if d["selected"]:
             scores = _scores(graph, oracle, final, d["name"], s.saliency)
-            final[d["name"]] = _select(scores, final[d["name"]], d["ratio"])
+            final[d["name"]] = _select(scores, final[d["name"]], d["ratio"], s.compat == "reference")
         d["channels_after"] = int(final[d["name"]].sum())
     return final
 
@@ -264,8 +268,9 @@ def naive_prune(
     rate = s.initial_rate + s.rate_slope * s.round
     lam = naive_lambda(rate, s.initial_thres + s.thres_slope * s.round, len(units)) if s.exp else 1.0
     full = graph.flops(keep, img_size)
-    removed = {u: full - graph.flops(_with(keep, u, _select(naive_scores(graph, keep, u), keep[u], 0.3)), img_size)
-               for u in units}  # fmt: skip
+    reference = s.compat == "reference"
+    cut = {u: _with(keep, u, _select(naive_scores(graph, keep, u), keep[u], 0.3, reference)) for u in units}
+    removed = {u: full - graph.flops(cut[u], img_size) for u in units}
     order = sorted(units, key=lambda u: -removed[u] if lam <= 1 else removed[u])
     base = oracle.losses(keep)
     rule = _Rule(keep, rate, lam, base.clone(), base.clone())

@@ -118,6 +118,8 @@ class SubsetOracle:
         self.cache_bytes = cache_bytes if cache_bytes is not None else (2 << 30 if device.type == "cpu" else 8 << 30)
         self.executor = Executor(graph, train_mode_leaves)
         self.evaluations = 0
+        #: called with the number of candidates of the current ``evaluate`` call decided so far (progress bars)
+        self.on_candidates: Callable[[int], None] | None = None
 
     def _batch_losses(self, out: Any, targets: Any, rows: int) -> torch.Tensor:
         value = self.loss_fn(out, targets)
@@ -195,6 +197,8 @@ class SubsetOracle:
             stop = len(chunk) if first_trip is None else first_trip + 1
             for i in range(stop):
                 results.append(Evaluation(sums[i].clone(), complete=first_trip is None or i < first_trip))
+            if self.on_candidates is not None:
+                self.on_candidates(len(results))
             if first_trip is not None:
                 return results
             start += len(chunk)

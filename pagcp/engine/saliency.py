@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from pagcp.engine.settings import pruned_count
 from pagcp.errors import ConfigError
 from pagcp.graph import ChannelGraph, Keep
 from pagcp.ops import filter_saliency
@@ -76,14 +77,15 @@ def activation_scores(executor, batches, keep: Keep, unit: str) -> torch.Tensor:
     return scores
 
 
-def select_keep(scores: torch.Tensor, keep: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Prune ``int(ratio * width)`` of the alive channels with the lowest scores; at least one stays.
+def select_keep(scores: torch.Tensor, keep: torch.Tensor, ratio: float, exact: bool = True) -> torch.Tensor:
+    """Prune floor(ratio × width) of the alive channels with the lowest scores; at least one stays.
 
-    Ties go to the lower channel index (a stable sort), so the choice is deterministic.
+    ``exact``: count with the ratio as an exact decimal, else in float64 as the reference (see
+    :func:`pagcp.engine.settings.pruned_count`). Ties go to the lower channel index (a stable sort).
     """
     alive = torch.nonzero(keep).flatten()
     width = alive.numel()
-    n = min(int(ratio * width), width - 1)
+    n = pruned_count(ratio, width, exact)
     new = keep.clone()
     if n <= 0:
         return new

@@ -28,6 +28,9 @@ from pagcp.graph import ChannelGraph, Keep
 
 log = logging.getLogger(__name__)
 
+#: --target-gflops is met when the pruned model has at most this much more than the target (relative)
+TARGET_TOLERANCE = 0.02
+
 
 def distinct_candidates(masks: Sequence[torch.Tensor], current: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
     """The masks worth evaluating and, per mask, its index among them (-1: prunes nothing more than ``current``).
@@ -127,7 +130,7 @@ class Search:
         flops_now = self.graph.flops(keep, self.img_size)
         removed = {}
         for u in units:
-            trial = keep.replace(u, select_keep(scores[u], keep[u], 0.3))
+            trial = keep.replace(u, select_keep(scores[u], keep[u], 0.3, s.exact_counts))
             removed[u] = flops_now - self.graph.flops(trial, self.img_size)
         st.order = sorted(units, key=lambda u: -removed[u] if st.lam <= 1 else removed[u])  # stable sort
         st.position, st.thres, st.decisions = 0, rate, []
@@ -149,11 +152,15 @@ class Search:
             self._count_evaluations()
             st.seconds += time.perf_counter() - t0
             self.save()
-            if self.progress is not None:
-                self.progress({
-                    "unit": decision.name, "position": st.position, "total": len(st.order), "ratio": decision.ratio,
-                    "gflops": self.graph.flops(st.keep, self.img_size) / 1e9, "tripped": decision.tripped_task,
-                })  # fmt: skip
+            self._tell({
+                "event": "unit", "unit": decision.name, "position": st.position, "total": len(st.order),
+                "ratio": decision.ratio, "gflops": self.graph.flops(st.keep, self.img_size) / 1e9,
+                "tripped": decision.tripped_task,
+            })  # fmt: skip
+
+    def _tell(self, event: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress(event)
 
     def _search_unit(self, name: str) -> UnitDecision:
         """Ratios of one unit in ascending order until a task's loss passes its bound; accept the last good one."""
@@ -161,13 +168,15 @@ class Search:
         keep = st.keep
         width = keep.kept(name)
         scores = self._scores(keep, name)
-        masks = [select_keep(scores, keep[name], r) for r in s.ratios]
+        masks = [select_keep(scores, keep[name], r, s.exact_counts) for r in s.ratios]
         base = torch.tensor(st.base, dtype=torch.float64)
         bound = base * (1 + st.thres)
         current = torch.tensor(st.current, dtype=torch.float64)
         unique, index_of = distinct_candidates(masks, keep[name])
         evals_before = self.oracle.evaluations
-        results = self.oracle.evaluate(keep, name, unique, bound) if unique else []
+        self._tell({"event": "start", "unit": name, "position": st.position, "total": len(st.order),
+                    "candidates": len(unique)})  # fmt: skip
+        results = self._evaluate(keep, name, unique, bound) if unique else []
 
         def losses_at(i: int) -> torch.Tensor:
             return current if index_of[i] == -1 else _result(results, index_of[i], name).losses
@@ -189,6 +198,21 @@ class Search:
                 st.base = torch.maximum(base, losses_at(accepted)).tolist()
                 st.current = losses_at(accepted).tolist()
         return decision
+
+    def _evaluate(self, keep: Keep, name: str, unique: list[torch.Tensor], bound: torch.Tensor) -> list[Evaluation]:
+        """The oracle's evaluation of a unit's candidates; an oracle with ``on_candidates`` reports each one."""
+        if self.progress is None or not hasattr(self.oracle, "on_candidates"):
+            return self.oracle.evaluate(keep, name, unique, bound)
+        total = len(unique)
+
+        def done(n: int) -> None:
+            self._tell({"event": "candidates", "unit": name, "done": n, "candidates": total})
+
+        self.oracle.on_candidates = done
+        try:
+            return self.oracle.evaluate(keep, name, unique, bound)
+        finally:
+            self.oracle.on_candidates = None
 
     def _scores(self, keep: Keep, name: str) -> torch.Tensor:
         """Saliency of a unit's channels on the network pruned by ``keep``, by the settings' criterion."""
@@ -221,7 +245,8 @@ class Search:
         return new
 
     def _finish_round(self) -> Keep:
-        """topk selection, then the round's final masks (saliency recomputed progressively)."""
+        """topk selection, then the round's final masks (saliency recomputed progressively); with
+        ``target_gflops``, a selection that would go below the target is filled up to it instead."""
         st, s = self.state, self.settings
         decisions = [UnitDecision(**d) for d in st.decisions]
         pruned = [d for d in decisions if d.ratio > 0 and d.flops_removed > 0]
@@ -235,14 +260,16 @@ class Search:
             d.selected = d.name in chosen
             if d.selected:
                 scores = self._scores(keep, d.name)
-                keep[d.name] = select_keep(scores, keep[d.name], d.ratio)
-                d.channels_after = keep.kept(d.name)
-            else:
-                d.channels_after = d.channels_before
+                keep[d.name] = select_keep(scores, keep[d.name], d.ratio, s.exact_counts)
+        target = self._target_flops()
+        if target is not None and self.graph.flops(keep, self.img_size) < target:
+            keep = self._fill_to_target(ranked, target)
+        for d in decisions:
+            d.channels_after = keep.kept(d.name) if d.selected else d.channels_before
         st.decisions = [d.to_dict() for d in decisions]
         searched, final = (self.graph.flops(k, self.img_size) / 1e9 for k in (st.keep, keep))
-        log.info("topk %g: keeping %d of %d units pruned, %.3f -> %.3f GFLOPs", s.topk, len(chosen), len(pruned),
-                 searched, final)  # fmt: skip
+        log.info("topk %g: keeping %d of %d units pruned, %.3f -> %.3f GFLOPs", s.topk,
+                 sum(d.selected for d in decisions), len(pruned), searched, final)  # fmt: skip
         st.keep = keep
         st.history.append({
             "round": st.round, "lambda": st.lam, "order": list(st.order), "decisions": st.decisions,
@@ -250,19 +277,46 @@ class Search:
         })  # fmt: skip
         return keep
 
+    def _target_flops(self) -> float | None:
+        s = self.settings
+        return None if s.target_gflops is None else s.target_gflops * self.flops_original
+
+    def _fill_to_target(self, ranked: list[UnitDecision], target: float) -> Keep:
+        """The round's masks rebuilt from its start, units in order of efficiency (best first), each at the
+        largest ratio up to its accepted one that keeps the FLOPs at or above ``target``; units that fit no
+        ratio are left unpruned (``target_ratio`` 0). See docs/algorithm.md, "--target-gflops"."""
+        s, st = self.settings, self.state
+        keep = st.round_keep.copy()
+        for d in ranked:
+            scores = self._scores(keep, d.name)
+            d.selected, d.target_ratio = False, 0.0
+            for r in sorted((r for r in s.ratios if r <= d.ratio), reverse=True):
+                trial = keep.replace(d.name, select_keep(scores, keep[d.name], r, s.exact_counts))
+                if self.graph.flops(trial, self.img_size) >= target:
+                    keep, d.selected = trial, True
+                    d.target_ratio = r if r != d.ratio else None
+                    break
+        return keep
+
     def _another_round(self, keep: Keep) -> bool:
+        """Whether a next round runs; when not, ``state.stop_rule`` says why the search ended."""
         st, s = self.state, self.settings
-        if s.target_gflops is None:
-            return False
+        target = self._target_flops()
         flops = self.graph.flops(keep, self.img_size)
-        if flops <= s.target_gflops * self.flops_original:
+        fraction = flops / self.flops_original
+        if target is None:
+            st.stop_rule = f"one round (no --target-gflops): {fraction:.4f} x the original GFLOPs"
+            return False
+        if flops <= target * (1 + TARGET_TOLERANCE):
+            filled = any(d.get("target_ratio") is not None for d in st.decisions)
+            how = "filled up to it by efficiency" if filled else "reached by the round's selection"
+            st.stop_rule = f"target {s.target_gflops:g} x reached in round {st.round} ({how}): {fraction:.4f} x"
             return False
         rounds_done = st.round - s.round + 1
         if rounds_done >= s.max_rounds or not any(d["selected"] for d in st.decisions):
-            log.warning(
-                "target %.3f x GFLOPs not reached after %d round(s): %.3f x",
-                s.target_gflops, rounds_done, flops / self.flops_original,
-            )  # fmt: skip
+            why = f"--max-rounds {s.max_rounds} used" if rounds_done >= s.max_rounds else "a round selected no unit"
+            st.stop_rule = f"target {s.target_gflops:g} x not reached ({why}): {fraction:.4f} x"
+            log.warning("%s", st.stop_rule)
             return False
         st.round += 1
         st.order, st.position, st.decisions = [], 0, []

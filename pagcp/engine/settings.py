@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
+
+import numpy as np
 
 from pagcp.errors import ConfigError
 
-#: The reference's 19 candidate ratios, fractions of a unit's current width.
+#: The 19 candidate ratios, fractions of a unit's current width, as exact decimals 0.05 ... 0.95.
 RATIOS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+#: The reference's ratios: numpy's 19-point linspace from 0.05 to 0.95 in float64, where e.g. the 8th is
+#: 0.39999999999999997 and the 10th 0.49999999999999994 (``--compat reference`` uses these).
+REFERENCE_RATIOS: tuple[float, ...] = tuple(float(r) for r in np.linspace(0.05, 0.95, 19))
 COMPRESSIONS = ("global", "backbone")
 COMPAT_MODES = ("default", "reference")
 #: filter weights (l1: mean |w|, l2: RMS w) or activations on the oracle's data (act: mean |output|)
@@ -39,7 +45,14 @@ class PruneSettings:
 
     def __post_init__(self) -> None:
         self.ratios = tuple(float(r) for r in self.ratios)
+        if self.compat == "reference" and self.ratios == RATIOS:
+            self.ratios = REFERENCE_RATIOS
         self.validate()
+
+    @property
+    def exact_counts(self) -> bool:
+        """Channel counts from the ratios as exact decimals (default), or float64 products (the reference)."""
+        return self.compat != "reference"
 
     def validate(self) -> None:
         def bad(flag: str, why: str) -> ConfigError:
@@ -77,6 +90,10 @@ class PruneSettings:
         d["ratios"] = list(self.ratios)
         return d
 
+    def pruned_count(self, ratio: float, width: int) -> int:
+        """Channels a ratio removes from ``width`` alive ones, by this mode's rule (:func:`pruned_count`)."""
+        return pruned_count(ratio, width, self.exact_counts)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PruneSettings:
         names = {f.name for f in dataclasses.fields(cls)}
@@ -84,3 +101,13 @@ class PruneSettings:
         if unknown:
             raise ConfigError(f"unknown pruning settings: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         return cls(**d)
+
+
+def pruned_count(ratio: float, width: int, exact: bool = True) -> int:
+    """floor(ratio × width), at most width − 1 (one channel always stays).
+
+    ``exact``: the ratio is read as the decimal it prints as (0.3 is 3/10, so 0.3 × 10 = 3 exactly);
+    otherwise the product is taken in float64 as the reference does (0.49999999999999994 × 64 → 31).
+    """
+    n = int(Decimal(repr(float(ratio))) * width) if exact else int(float(ratio) * width)
+    return max(0, min(n, width - 1))

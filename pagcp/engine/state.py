@@ -22,7 +22,7 @@ _KEEPS = ("round_keep", "keep")
 #: the keys of the state file, in the order they are written
 _FILE_ORDER = (
     "settings", "fingerprint", "round", "order", "position", "lam", "thres", "base", "current", "round_keep",
-    "keep", "decisions", "history", "evaluations", "seconds", "phase", "version",
+    "keep", "decisions", "history", "evaluations", "seconds", "phase", "stop_rule", "version",
 )  # fmt: skip
 
 
@@ -42,6 +42,7 @@ class UnitDecision:
     selected: bool = False
     efficiency: float | None = None
     round: int = 0
+    target_ratio: float | None = None  # the ratio applied to meet --target-gflops (0: none; None: as searched)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,6 +68,7 @@ class SearchState:
     evaluations: int = 0
     seconds: float = 0.0
     phase: str = "search"  # "search" -> "done"
+    stop_rule: str = ""  # why the search ended, in words (set when done)
     version: int = STATE_VERSION
 
     def to_json(self) -> dict[str, Any]:

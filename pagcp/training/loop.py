@@ -69,6 +69,8 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 GRAD_CLIP_NORM = 10.0
+#: logging steps per epoch written to ``steps.csv`` (at most one per batch)
+STEPS_PER_EPOCH = 20
 
 EpochCallback = Callable[[int, dict], bool | None]
 
@@ -164,26 +166,28 @@ def _epochs(
     epoch = start_epoch - 1
     for epoch in range(start_epoch, run.s.epochs):
         epoch_start = time.time()
-        mean_loss = _train_epoch(run, epoch, epoch_start)
+        mean_loss, steps = _train_epoch(run, epoch, epoch_start)
         if run.main:
             metrics = _validate(run.parts.ema.module, run.loaders.val, run.parts.amp)
-            best_fitness = recorder.record(epoch, mean_loss, metrics, best_fitness, epoch_start, run.parts)
+            best_fitness = recorder.record(epoch, mean_loss, metrics, best_fitness, epoch_start, run.parts, steps)
         if _stop_requested(run, on_epoch_end, epoch, metrics):
             break
     return epoch, metrics, best_fitness
 
 
-def _train_epoch(run: _Run, epoch: int, epoch_start: float) -> list[float]:
-    """One pass over this process's shard of the train split; returns the mean (box, obj, cls) loss."""
+def _train_epoch(run: _Run, epoch: int, epoch_start: float) -> tuple[list[float], list[dict[str, float]]]:
+    """One pass over this process's shard of the train split; returns the mean (box, obj, cls) loss and, per
+    logging step (about ``STEPS_PER_EPOCH`` of them), the mean losses of the batches since the previous one."""
     s, parts, schedule = run.s, run.parts, run.schedule
     run.loaders.start_epoch(s.seed, run.rank, epoch)
     parts.model.train()
     nb = len(run.loaders.train)
     mean_loss = torch.zeros(3, device=run.device)
+    window, in_window, steps, step_every = torch.zeros(3, device=run.device), 0, [], max(nb // STEPS_PER_EPOCH, 1)
     since_step = 0
     parts.optimizer.zero_grad(set_to_none=True)
-    desc = f"epoch {epoch + 1}/{s.epochs}"
-    bar = tqdm(run.loaders.train, total=nb, desc=desc, disable=not run.main or None, leave=False)
+    bar = tqdm(run.loaders.train, total=nb, desc=f"epoch {epoch + 1}/{s.epochs}", disable=not run.main or None,
+               leave=False)  # fmt: skip
     log_every = max(nb // 5, 1) if run.main and bar.disable else 0  # no terminal: a few log lines instead
     for i, (imgs, targets, _, _) in enumerate(bar):
         iteration = i + nb * epoch
@@ -194,20 +198,18 @@ def _train_epoch(run: _Run, epoch: int, epoch_start: float) -> list[float]:
             _optimizer_step(parts, run.world)
             since_step = 0
         mean_loss = (mean_loss * i + items) / (i + 1)
+        window, in_window = window + items, in_window + 1
+        if (i + 1) % step_every == 0 or i == nb - 1:
+            values = (window / in_window).tolist()
+            steps.append({"epoch": epoch + (i + 1) / nb, **{f"train/{k}_loss": v for k, v in zip(LOSS_NAMES, values)}})
+            window, in_window = torch.zeros_like(window), 0
         if run.main:
             bar.set_postfix({n: f"{v:.4f}" for n, v in zip(LOSS_NAMES, mean_loss.tolist())}, refresh=False)
             if log_every and (i + 1) % log_every == 0:
-                LOGGER.info(
-                    "epoch %d/%d batch %d/%d: loss box %.4f obj %.4f cls %.4f (%.0fs)",
-                    epoch + 1,
-                    s.epochs,
-                    i + 1,
-                    nb,
-                    *mean_loss.tolist(),
-                    time.time() - epoch_start,
-                )
+                LOGGER.info("epoch %d/%d batch %d/%d: loss box %.4f obj %.4f cls %.4f (%.0fs)", epoch + 1, s.epochs,
+                            i + 1, nb, *mean_loss.tolist(), time.time() - epoch_start)  # fmt: skip
     bar.close()
-    return mean_loss.tolist()
+    return mean_loss.tolist(), steps
 
 
 def _forward_backward(run: _Run, imgs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """What a training run leaves in its folder (rank 0 writes, every process agrees on the folder).
 
-``runs/train/exp*/``: ``opt.yaml`` (settings and hyper-parameters), ``results.csv`` / ``results.png`` (one row
-per epoch, :mod:`pagcp.training.results`), ``weights/last.pt`` (EMA weights of the latest epoch plus the
-training state of :mod:`pagcp.training.state` until the run ends) and ``weights/best.pt`` (EMA weights of the
-fittest epoch; without a val split it follows ``last.pt``).
+``runs/train/exp*/``: ``opt.yaml`` (settings and hyper-parameters), ``results.csv`` (one row per epoch),
+``steps.csv`` (losses per logging step) and ``results.png`` (:mod:`pagcp.training.results`),
+``weights/last.pt`` (EMA weights of the latest epoch plus the training state of :mod:`pagcp.training.state`
+until the run ends) and ``weights/best.pt`` (EMA weights of the fittest epoch; without a val split it follows
+``last.pt``).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class EpochRecorder:
 
     def __init__(self, save_dir: Path, settings: TrainSettings, hyp: dict):
         self.settings, self.hyp = settings, hyp
-        self.log = ResultsLog(save_dir, RESULT_COLUMNS)
+        self.log = ResultsLog(save_dir, RESULT_COLUMNS, [f"train/{n}_loss" for n in LOSS_NAMES])
         self.last = save_dir / "weights" / "last.pt"
         self.best = save_dir / "weights" / "best.pt"
 
@@ -89,8 +90,10 @@ class EpochRecorder:
         best_fitness: float,
         epoch_start: float,
         parts: TrainComponents,
+        steps: list[dict[str, float]] = (),
     ) -> float:
-        """Record ``epoch`` (validation ``metrics``, {} without a val split); returns the new best fitness."""
+        """Record ``epoch`` (validation ``metrics``, {} without a val split, and the losses of its logging
+        ``steps``); returns the new best fitness."""
         fitness = metrics.get("fitness", 0.0)
         row = {
             "epoch": epoch,
@@ -103,7 +106,7 @@ class EpochRecorder:
             **{f"lr/{g['name']}": g["lr"] for g in parts.optimizer.param_groups},
             "seconds": time.time() - epoch_start,
         }
-        self.log.append(row)
+        self.log.append(row, steps)
         improved = fitness > best_fitness or not metrics  # without a val split best.pt follows last.pt
         best_fitness = max(best_fitness, fitness)
         meta = self._epoch_meta(epoch, fitness, best_fitness, metrics)

@@ -1,0 +1,247 @@
+"""The steps of a ``pagcp.prune`` run and the files they leave, so that a killed run continues where it stopped.
+
+A run is one or more *cycles* followed by the final fine-tune. A cycle searches one PAGCP round on the current
+model (re-traced: after the first cycle it is the previous cycle's sliced, fine-tuned model), slices it,
+validates it and fine-tunes it. With one cycle (the default) the cycle's fine-tune is the final one and its
+files lie at the top of the run folder; with ``--cycles N`` each cycle has a folder ``cycleK/``:
+
+- ``state.json``: the search state (written after every unit; the search resumes from it);
+- ``pruned.pt``: the cycle's pruned model; ``finetune/``: its fine-tuning run (resumes from
+  ``weights/last.pt``); ``finetuned.pt``: the fine-tuned model.
+
+At the top: ``validation.json`` (the mAP of every model validated so far, so a resumed run does not validate
+again), ``oracle_images.txt`` (the images the search looked at), and with cycles the final ``pruned.pt``
+(the last cycle's), ``finetune/`` and ``finetuned.pt``. A step is skipped when its file exists, so any kill,
+in a search, a fine-tune or a validation, loses at most the unit, epoch or validation in progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from pagcp.engine.settings import PruneSettings
+
+log = logging.getLogger("pagcp.prune")
+
+
+@dataclass
+class CycleRecord:
+    """One row of the report's cycle table."""
+
+    cycle: int
+    round: int
+    gflops: float
+    params: int
+    map50_pruned: float
+    map50_95_pruned: float
+    map50_finetuned: float | None
+    map50_95_finetuned: float | None
+    search_seconds: float
+    evaluations: int
+    stop_rule: str
+
+
+class ValidationCache:
+    """mAP of the models of a run by label (``original``, ``cycle 1 pruned``...), kept in ``validation.json``."""
+
+    def __init__(self, path: Path, job: Any, args: argparse.Namespace):
+        self.path, self.job, self.args = path, job, args
+        self.done: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def __call__(self, model: nn.Module, label: str) -> dict[str, float]:
+        from pagcp.detection.evaluate import evaluate
+        from pagcp.runs import write_json_atomic
+
+        if label not in self.done:
+            log.info("validating the %s model (val split of %s, %d px)", label, self.args.data, self.job.img)
+            r = evaluate(model, self.job.cfg, img_size=self.job.img, batch_size=32, device=self.job.device,
+                         workers=self.args.workers, progress=True)  # fmt: skip
+            self.done[label] = {"map50": r["map50"], "map50_95": r["map50_95"]}
+            write_json_atomic(self.path, self.done)
+        return self.done[label]
+
+
+class PruneRun:
+    """Runs (or continues) the cycles and the final fine-tune of one run folder; see the module docstring."""
+
+    def __init__(self, args: argparse.Namespace, job: Any, settings: PruneSettings, run_dir: Path):
+        self.args, self.job, self.settings, self.run_dir = args, job, settings, run_dir
+        self.cycles = max(1, args.cycles)
+        self.validate = ValidationCache(run_dir / "validation.json", job, args)
+        self.flops_original = 0.0
+        self.last_cycle = 0
+        self.meta_base = {"source": str(args.weights), "img_size": job.img, "pagcp": settings.to_dict()}
+
+    def cycle_dir(self, c: int) -> Path:
+        return self.run_dir if self.cycles == 1 else self.run_dir / f"cycle{c + 1}"
+
+    def run(self) -> dict[str, Any]:
+        """Every step; returns the figures of the report (models, mAP, cycles, the rule that ended the run)."""
+        from pagcp import model_stats
+
+        job = self.job
+        self.flops_original = model_stats(job.model, job.img)["gflops"]
+        self._write_oracle_images()
+        before = self.validate(job.model, "original")
+        model, records, results, pruned = job.model, [], [], None
+        for c in range(self.cycles):
+            self.last_cycle = c
+            result, pruned = self._search(c, model)
+            results.append(result)
+            after = self.validate(pruned, "pruned" if self.cycles == 1 else f"cycle {c + 1} pruned")
+            epochs = self.args.finetune_epochs if self.cycles == 1 else self.args.cycle_epochs
+            model = self._finetune(pruned, self.cycle_dir(c), epochs, c)
+            tuned = self.validate(model, "fine-tuned" if self.cycles == 1 else f"cycle {c + 1} fine-tuned")
+            records.append(self._record(c, pruned, result, after, tuned if epochs > 0 else None))
+            if "reached" in result.stop_rule and "not reached" not in result.stop_rule:
+                break
+        final = self._final(pruned, model, records)
+        return {**final, "map50_before": before["map50"], "map50_95_before": before["map50_95"],
+                "cycles": [dataclasses.asdict(r) for r in records], "stop_rule": self._stop_rule(records),
+                "result": results[-1], "evaluations": sum(r.evaluations for r in records),
+                "search_seconds": sum(r.search_seconds for r in records)}  # fmt: skip
+
+    def _final(self, pruned: nn.Module, model: nn.Module, records: list[CycleRecord]) -> dict[str, Any]:
+        """With cycles: the last cycle's pruned model at the top, and the final fine-tune of the last model."""
+        from pagcp import save_model
+
+        tuned_figures = None
+        if self.cycles > 1:
+            if not (self.run_dir / "pruned.pt").is_file():
+                save_model(pruned, self.run_dir / "pruned.pt", **self._meta(pruned))
+            if self.args.finetune_epochs > 0:
+                model = self._finetune(model, self.run_dir, self.args.finetune_epochs, None)
+                tuned_figures = self.validate(model, "fine-tuned")
+        elif self.args.finetune_epochs > 0:
+            tuned_figures = self.validate(model, "fine-tuned")
+        last = records[-1]
+        tuned = self.run_dir / "finetuned.pt"
+        return {
+            "map50_after": last.map50_pruned, "map50_95_after": last.map50_95_pruned,
+            "map50_finetuned": tuned_figures["map50"] if tuned_figures else None,
+            "map50_95_finetuned": tuned_figures["map50_95"] if tuned_figures else None,
+            "pruned": str(self.run_dir / "pruned.pt"), "finetuned": str(tuned) if tuned.is_file() else None,
+            "final_model": model,
+        }  # fmt: skip
+
+    def _stop_rule(self, records: list[CycleRecord]) -> str:
+        last = records[-1].stop_rule
+        if self.cycles == 1:
+            return last
+        if self.settings.target_gflops is None:
+            return f"{self.cycles} cycles (no --target-gflops); last round: {last}"
+        if "not reached" in last or ("reached" not in last):
+            return f"target {self.settings.target_gflops:g} x not reached in {len(records)} cycles: {last}"
+        return f"cycle {len(records)} of at most {self.cycles}: {last}"
+
+    def _write_oracle_images(self) -> None:
+        from pagcp.engine.yolo import subset_indices
+        from pagcp.runs import write_text_atomic
+
+        files = self.job.files
+        chosen = [files[i] for i in subset_indices(len(files), self.args.subset, self.args.seed)]
+        write_text_atomic(self.run_dir / "oracle_images.txt", "".join(f"{f}\n" for f in chosen))
+
+    def _cycle_settings(self, c: int, model_gflops: float) -> PruneSettings:
+        """Round r + c; the target as a fraction of this cycle's model; one round per cycle with cycles."""
+        s = self.settings
+        target = s.target_gflops
+        if target is not None:
+            target = min(target * self.flops_original / model_gflops, 0.999999)
+        if self.cycles == 1:
+            return s
+        return dataclasses.replace(s, round=s.round + c, target_gflops=target, max_rounds=1)
+
+    def _search(self, c: int, model: nn.Module):
+        """The cycle's search (continued from its state file when there is one); returns (result, pruned)."""
+        from pagcp import model_stats, save_model
+        from pagcp.engine.progress import SearchProgress
+        from pagcp.engine.yolo import yolo_problem
+
+        args, job, folder = self.args, self.job, self.cycle_dir(c)
+        folder.mkdir(parents=True, exist_ok=True)
+        gflops = model_stats(model, job.img)["gflops"]
+        settings = self._cycle_settings(c, gflops)
+        if self.cycles > 1:
+            log.info("cycle %d/%d: round %d on a %.4f GFLOPs model (%.4f x the original)", c + 1, self.cycles,
+                     settings.round, gflops, gflops / self.flops_original)  # fmt: skip
+        oracle_batch = 2 * args.batch if settings.compat == "reference" else args.batch
+        problem = yolo_problem(model, job.files, job.img, oracle_batch, args.subset, args.seed, job.device,
+                               args.workers)  # fmt: skip
+        checksum = float(sum(p.detach().double().abs().sum() for p in model.parameters()))
+        fingerprint = {"weights": str(args.weights), "data": str(args.data), "img": job.img, "subset": args.subset,
+                       "oracle_split": args.oracle_split, "batch": oracle_batch, "seed": args.seed,
+                       "weights_checksum": checksum}  # fmt: skip
+        state_path = folder / "state.json"
+        desc = "pruning" if self.cycles == 1 else f"cycle {c + 1}/{self.cycles}"
+        try:
+            with SearchProgress(desc) as progress:
+                result = problem.prune(settings, state_path=state_path, resume=state_path.is_file(),
+                                       progress=progress, fingerprint=fingerprint)  # fmt: skip
+        except KeyboardInterrupt:
+            log.error("interrupted; continue with: python -m pagcp.prune --resume %s", self.run_dir)
+            raise
+        pruned = result.model.eval()
+        if not (folder / "pruned.pt").is_file():
+            save_model(pruned, folder / "pruned.pt", **self._meta(pruned))
+        return result, pruned
+
+    def _meta(self, model: nn.Module) -> dict[str, Any]:
+        from pagcp import model_stats
+
+        return {**self.meta_base, "gflops": model_stats(model, self.job.img)["gflops"]}
+
+    def _finetune(self, model: nn.Module, folder: Path, epochs: int, c: int | None) -> nn.Module:
+        """``epochs`` of fine-tuning into ``folder``/finetune (continued when interrupted) -> finetuned.pt."""
+        from pagcp import load_model, save_model
+        from pagcp.models.checkpoint import load_checkpoint_file
+        from pagcp.training.loop import train
+        from pagcp.training.settings import TrainSettings
+        from pagcp.training.state import read_train_state
+
+        done, last = folder / "finetuned.pt", folder / "finetune" / "weights" / "last.pt"
+        if epochs <= 0:
+            return model
+        if done.is_file():
+            return load_model(done, device=self.job.device)
+        what = "the final fine-tune" if c is None else f"cycle {c + 1}'s fine-tune"
+        if last.is_file() and "train_state" in load_checkpoint_file(last).meta:
+            tuned, state = read_train_state(last)
+            log.info("continuing %s from %s (epoch %d of %d done)", what, last, state["epoch"] + 1,
+                     state["settings"]["epochs"])  # fmt: skip
+            result = train(tuned, self.args.data, TrainSettings(**state["settings"]), resume_state=state)
+            tuned = result["model"].float().eval()
+        elif last.is_file():  # the training had finished; only finetuned.pt was not written yet
+            tuned = load_model(last, device=self.job.device)
+        else:
+            source = folder / "pruned.pt"
+            if c is None:  # the final fine-tune starts from the last cycle's model
+                last_cycle = self.cycle_dir(self.last_cycle)
+                source = next(p for p in (last_cycle / "finetuned.pt", last_cycle / "pruned.pt", source) if p.is_file())
+            a = self.args
+            s = TrainSettings(epochs=epochs, img_size=self.job.img, batch_size=a.finetune_batch, device=a.device,
+                              hyp=a.hyp, workers=a.workers, project=str(folder), name="finetune", exist_ok=True,
+                              weights=str(source), data=str(a.data))  # fmt: skip
+            tuned = train(model.train(), a.data, s)["model"].float().eval()
+        save_model(tuned, done, **self._meta(tuned))
+        return tuned
+
+    def _record(self, c: int, pruned: nn.Module, result: Any, after: dict, tuned: dict | None) -> CycleRecord:
+        from pagcp import model_stats
+
+        stats = model_stats(pruned, self.job.img)
+        return CycleRecord(
+            cycle=c + 1, round=self.settings.round + (c if self.cycles > 1 else len(result.history) - 1),
+            gflops=stats["gflops"], params=stats["params"], map50_pruned=after["map50"],
+            map50_95_pruned=after["map50_95"], map50_finetuned=tuned["map50"] if tuned else None,
+            map50_95_finetuned=tuned["map50_95"] if tuned else None, search_seconds=result.seconds,
+            evaluations=result.evaluations, stop_rule=result.stop_rule,
+        )  # fmt: skip

@@ -1,0 +1,48 @@
+"""Progress of a search for people: a tqdm bar over units that shows the current unit's candidates, or one
+log line per unit where the output is not a terminal (log files stay clean).
+
+``SearchProgress`` is a callable for the ``progress=`` argument of :func:`pagcp.prune`; it takes the events the
+search sends (``start`` of a unit, ``candidates`` decided so far, the finished ``unit``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger("pagcp.search")
+
+
+class SearchProgress:
+    """tqdm bar over the units of a search; ``close()`` it (or use it as a context manager) when done."""
+
+    def __init__(self, desc: str = "pruning"):
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc=desc, unit="unit", disable=None)
+        self.gflops = ""
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        if p["event"] == "unit":
+            text = f"{p['unit']} ratio {p['ratio']:.2f} -> {p['gflops']:.3f} GFLOPs"
+            if self.bar.disable:
+                tripped = f" (tripped: {p['tripped']})" if p["tripped"] else ""
+                log.info("unit %d/%d %s%s", p["position"], p["total"], text, tripped)
+                return
+            self.gflops = f"{p['gflops']:.3f} GFLOPs"
+            self.bar.total, self.bar.n = p["total"], p["position"]
+            self.bar.set_postfix_str(text)
+        elif not self.bar.disable:
+            if p["event"] == "start":
+                self.bar.total, self.bar.n = p["total"], p["position"]
+            done = p.get("done", 0)
+            self.bar.set_postfix_str(f"{p['unit']}: {done}/{p['candidates']} candidates {self.gflops}".rstrip())
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> SearchProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
