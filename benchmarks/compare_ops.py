@@ -20,6 +20,7 @@ This module also provides the cases to benchmarks/bench_ops.py.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -160,6 +161,18 @@ def best_ms(fns: dict[str, Callable[[], object]], repeat: int, device: str) -> d
     return {name: seconds * 1e3 for name, seconds in best.items()}
 
 
+#: every row measured in this run (``--json`` writes them)
+ROWS: list[dict] = []
+
+
+def copy_bandwidth(device: str, repeat: int, mib: int) -> float:
+    """GB/s of a device-to-device copy of ``mib`` MiB (bytes read plus bytes written), best of ``repeat``."""
+    src = torch.empty(mib * 2**18, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = best_ms({"copy": lambda: dst.copy_(src)}, repeat, device)["copy"]
+    return 2 * src.nbytes / (ms * 1e-3) / 1e9
+
+
 def _report(case: str, fns: dict[str, Callable[[], object]], nbytes: int, repeat: int, device: str) -> None:
     times = best_ms(fns, repeat, device)
     base = next(iter(times.values()))
@@ -169,6 +182,7 @@ def _report(case: str, fns: dict[str, Callable[[], object]], nbytes: int, repeat
 
 def _row(case: str, name: str, ms: float, nbytes: int, base_ms: float) -> str:
     gbs = nbytes / (ms * 1e-3) / 1e9
+    ROWS.append({"case": case, "implementation": name, "best_ms": ms, "gb_s": gbs, "vs_eager": base_ms / ms})
     return f"| {case} | {name} | {ms:9.2f} | {gbs:7.1f} | {base_ms / ms:6.2f}x |"
 
 
@@ -193,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-gib", type=float, default=6.0, help="skip masked_bn_act cases needing more memory")
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows (default on GPU)")
     parser.add_argument("--ops", default="saliency,bn_act,stats")
+    parser.add_argument("--copy-mib", type=int, default=256, help="size of the copy that measures bandwidth")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the rows and the copy bandwidth here")
     args = parser.parse_args(argv)
     device, ops = args.device, set(args.ops.split(","))
     with_compile = args.compile or device == "cuda"
@@ -201,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
         f"device {device} ({torch.cuda.get_device_name() if device == 'cuda' else platform.processor() or 'cpu'}, "
         f"{torch.get_num_threads()} threads), command: python {' '.join(sys.argv)}"
     )
+    copy = copy_bandwidth(device, args.repeat, args.copy_mib)
+    print(f"device-to-device copy of {args.copy_mib} MiB: {copy:.1f} GB/s (read + write)")
     print("| case | implementation | best ms | GB/s | vs eager |\n|---|---|---:|---:|---:|")
     if "saliency" in ops:
         weights = yolov5x_conv_weights(device)
@@ -233,6 +251,11 @@ def main(argv: list[str] | None = None) -> None:
             case = f"channel_activation_stats N={args.batch} C={C} {H}x{W}"
             fns = {name: partial(fn, x) for name, fn in stats_impls(device).items()}
             _report(case, fns, x.nbytes, args.repeat, device)
+    if args.json:
+        for row in ROWS:
+            row["of_copy_bandwidth"] = row["gb_s"] / copy
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"device": device, "copy_gb_s": copy, "rows": ROWS, "torch": torch.__version__}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -63,3 +64,36 @@ def init_distributed(device: torch.device) -> bool:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return True
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0: the process that writes files and prints."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every process of the group (nothing outside torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's ``value`` on every process (``value`` itself outside torchrun)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, 0)
+    return box[0]
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """The sum of ``value`` over every process, as a new tensor on ``value``'s device and dtype.
+
+    nccl reduces CUDA tensors only: under it the sum is taken on this process's GPU.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return value.clone()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else value.device
+    work = value.detach().to(device, copy=True)
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(value.device)

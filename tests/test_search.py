@@ -200,15 +200,21 @@ def _assert_same_decisions(engine: list[dict], naive: list[dict], base: list[flo
     return not disputed
 
 
+_NAIVE: dict[str, dict] = {}  # the naive search's result per compat mode (it does not depend on the chunk)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4, 7])
 @pytest.mark.parametrize("compat", ["default", "reference"])
-def test_engine_decisions_equal_naive(yolo, compat):
+def test_engine_decisions_equal_naive(yolo, compat, chunk):
+    """Several candidates per pass (R = chunk, through masked_bn_act) decide exactly as one per pass."""
     _, graph, problem = yolo
     units = [u.name for u in graph.units if u.size > 1][::3]  # backbone and head, a third of the units
-    settings = PruneSettings(compat=compat, units=units, **SMALL)
-    oracle = problem.oracle(graph)
+    settings = PruneSettings(compat=compat, units=units, chunk=chunk, **SMALL)
+    oracle = problem.oracle(graph, chunk=chunk)
+    assert oracle.chunk == chunk
     search = Search(graph, oracle, settings, 64)
     keep = search.run()
-    truth = problem.naive(graph, settings)
+    truth = _NAIVE.get(compat) or _NAIVE.setdefault(compat, problem.naive(graph, settings))
     assert search.state.order == truth["order"]
     if _assert_same_decisions(search.state.decisions, truth["decisions"], truth["base"]):
         assert all(torch.equal(keep[k], truth["keep"][k]) for k in keep)

@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import nn
 
+from pagcp.devices import barrier, distributed_env, is_main_process
 from pagcp.engine.settings import PruneSettings
 
 log = logging.getLogger("pagcp.prune")
@@ -57,15 +58,21 @@ class ValidationCache:
         self.done: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.is_file() else {}
 
     def __call__(self, model: nn.Module, label: str) -> dict[str, float]:
+        """mAP50 and mAP50-95 of ``model`` (the main process validates; every process gets the figures)."""
         from pagcp.detection.evaluate import evaluate
+        from pagcp.devices import broadcast_object, is_main_process
         from pagcp.runs import write_json_atomic
 
         if label not in self.done:
-            log.info("validating the %s model (val split of %s, %d px)", label, self.args.data, self.job.img)
-            r = evaluate(model, self.job.cfg, img_size=self.job.img, batch_size=32, device=self.job.device,
-                         workers=self.args.workers, progress=True)  # fmt: skip
-            self.done[label] = {"map50": r["map50"], "map50_95": r["map50_95"]}
-            write_json_atomic(self.path, self.done)
+            figures = None
+            if is_main_process():
+                log.info("validating the %s model (val split of %s, %d px)", label, self.args.data, self.job.img)
+                r = evaluate(model, self.job.cfg, img_size=self.job.img, batch_size=32, device=self.job.device,
+                             workers=self.args.workers, progress=True)  # fmt: skip
+                figures = {"map50": r["map50"], "map50_95": r["map50_95"]}
+            self.done[label] = broadcast_object(figures)
+            if is_main_process():
+                write_json_atomic(self.path, self.done)
         return self.done[label]
 
 
@@ -94,6 +101,7 @@ class PruneRun:
         model, records, results, pruned = job.model, [], [], None
         for c in range(self.cycles):
             self.last_cycle = c
+            barrier()  # every process decides from the same files which steps are done
             result, pruned = self._search(c, model)
             results.append(result)
             after = self.validate(pruned, "pruned" if self.cycles == 1 else f"cycle {c + 1} pruned")
@@ -115,7 +123,7 @@ class PruneRun:
 
         tuned_figures = None
         if self.cycles > 1:
-            if not (self.run_dir / "pruned.pt").is_file():
+            if is_main_process() and not (self.run_dir / "pruned.pt").is_file():
                 save_model(pruned, self.run_dir / "pruned.pt", **self._meta(pruned))
             if self.args.finetune_epochs > 0:
                 model = self._finetune(model, self.run_dir, self.args.finetune_epochs, None)
@@ -146,6 +154,8 @@ class PruneRun:
         from pagcp.engine.yolo import subset_indices
         from pagcp.runs import write_text_atomic
 
+        if not is_main_process():
+            return
         files = self.job.files
         chosen = [files[i] for i in subset_indices(len(files), self.args.subset, self.args.seed)]
         write_text_atomic(self.run_dir / "oracle_images.txt", "".join(f"{f}\n" for f in chosen))
@@ -163,6 +173,7 @@ class PruneRun:
     def _search(self, c: int, model: nn.Module):
         """The cycle's search (continued from its state file when there is one); returns (result, pruned)."""
         from pagcp import model_stats, save_model
+        from pagcp.engine.oracle import ORACLE_DTYPES
         from pagcp.engine.progress import SearchProgress
         from pagcp.engine.yolo import yolo_problem
 
@@ -174,23 +185,26 @@ class PruneRun:
             log.info("cycle %d/%d: round %d on a %.4f GFLOPs model (%.4f x the original)", c + 1, self.cycles,
                      settings.round, gflops, gflops / self.flops_original)  # fmt: skip
         oracle_batch = 2 * args.batch if settings.compat == "reference" else args.batch
+        rank, world, _ = distributed_env()
         problem = yolo_problem(model, job.files, job.img, oracle_batch, args.subset, args.seed, job.device,
-                               args.workers)  # fmt: skip
+                               args.workers, shard=(rank, world))  # fmt: skip
+        problem.dtype = ORACLE_DTYPES[args.oracle_dtype]
         checksum = float(sum(p.detach().double().abs().sum() for p in model.parameters()))
         fingerprint = {"weights": str(args.weights), "data": str(args.data), "img": job.img, "subset": args.subset,
                        "oracle_split": args.oracle_split, "batch": oracle_batch, "seed": args.seed,
+                       "oracle_dtype": args.oracle_dtype,
                        "weights_checksum": checksum}  # fmt: skip
         state_path = folder / "state.json"
         desc = "pruning" if self.cycles == 1 else f"cycle {c + 1}/{self.cycles}"
         try:
-            with SearchProgress(desc) as progress:
+            with SearchProgress(desc, enabled=is_main_process()) as progress:
                 result = problem.prune(settings, state_path=state_path, resume=state_path.is_file(),
                                        progress=progress, fingerprint=fingerprint)  # fmt: skip
         except KeyboardInterrupt:
             log.error("interrupted; continue with: python -m pagcp.prune --resume %s", self.run_dir)
             raise
         pruned = result.model.eval()
-        if not (folder / "pruned.pt").is_file():
+        if is_main_process() and not (folder / "pruned.pt").is_file():
             save_model(pruned, folder / "pruned.pt", **self._meta(pruned))
         return result, pruned
 
@@ -210,16 +224,18 @@ class PruneRun:
         done, last = folder / "finetuned.pt", folder / "finetune" / "weights" / "last.pt"
         if epochs <= 0:
             return model
+        barrier()  # every process sees the same files (rank 0 writes them)
         if done.is_file():
             return load_model(done, device=self.job.device)
         what = "the final fine-tune" if c is None else f"cycle {c + 1}'s fine-tune"
-        if last.is_file() and "train_state" in load_checkpoint_file(last).meta:
+        state = load_checkpoint_file(last).meta.get("train_state") if last.is_file() else None
+        if state and state["epoch"] + 1 < state["settings"]["epochs"]:
             tuned, state = read_train_state(last)
             log.info("continuing %s from %s (epoch %d of %d done)", what, last, state["epoch"] + 1,
                      state["settings"]["epochs"])  # fmt: skip
             result = train(tuned, self.args.data, TrainSettings(**state["settings"]), resume_state=state)
             tuned = result["model"].float().eval()
-        elif last.is_file():  # the training had finished; only finetuned.pt was not written yet
+        elif last.is_file():  # every epoch had finished (last.pt holds their EMA weights); only the files after not
             tuned = load_model(last, device=self.job.device)
         else:
             source = folder / "pruned.pt"
@@ -231,7 +247,8 @@ class PruneRun:
                               hyp=a.hyp, workers=a.workers, project=str(folder), name="finetune", exist_ok=True,
                               weights=str(source), data=str(a.data))  # fmt: skip
             tuned = train(model.train(), a.data, s)["model"].float().eval()
-        save_model(tuned, done, **self._meta(tuned))
+        if is_main_process():
+            save_model(tuned, done, **self._meta(tuned))
         return tuned
 
     def _record(self, c: int, pruned: nn.Module, result: Any, after: dict, tuned: dict | None) -> CycleRecord:

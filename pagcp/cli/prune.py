@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from pagcp.cli.common import Parser, guarded, image_size
+from pagcp.engine.oracle import ORACLE_DTYPES
 from pagcp.engine.settings import COMPAT_MODES, COMPRESSIONS, SALIENCIES, PruneSettings
 from pagcp.errors import ConfigError
 
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compat", choices=COMPAT_MODES, default="default",
                    help="'reference' reproduces the reference implementation, quirks included")  # fmt: skip
     r.add_argument("--chunk", type=int, default=0, help="candidates per oracle pass (0: 1 on CPU, 4 on GPU)")
+    r.add_argument("--oracle-dtype", "--oracle_dtype", dest="oracle_dtype", choices=tuple(ORACLE_DTYPES),
+                   default="fp32", help="precision of the oracle's forward passes (sums stay float64)")  # fmt: skip
     f = p.add_argument_group("fine-tuning and output")
     f.add_argument("--finetune-epochs", "--finetune_epochs", dest="finetune_epochs", type=int, default=1,
                    help="epochs of the final fine-tune of the pruned model (0: none)")  # fmt: skip
@@ -173,11 +176,12 @@ def _load_job(args: argparse.Namespace) -> Job:
     """Load and check model and data; every error here comes before any run folder exists."""
     from pagcp import load_model
     from pagcp.data import image_files, load_data_config
-    from pagcp.devices import select_device
+    from pagcp.devices import distributed_env, select_device
     from pagcp.engine.yolo import model_stride
     from pagcp.models.yolo import bundled_configs
 
-    device = select_device(args.device)
+    _, world, local_rank = distributed_env()
+    device = select_device(args.device, local_rank, world)
     cfg = load_data_config(args.data)
     is_config = str(args.weights).endswith((".yaml", ".yml")) or str(args.weights) in bundled_configs()
     torch.manual_seed(args.seed)  # a config name gets random weights: the same ones on every (resumed) run
@@ -214,13 +218,28 @@ def _new_run(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole job; returns the report dict."""
+    """The whole job; returns the report dict. Under torchrun every process runs it: the oracle's batches are
+    split over the processes, fine-tuning runs DDP, and the main process writes the files."""
+    from pagcp.devices import distributed_env, init_distributed, select_device
+
+    _check_args(args)
+    _, world, local_rank = distributed_env()
+    own_group = world > 1 and init_distributed(select_device(args.device, local_rank, world))
+    try:
+        return _run(args)
+    finally:
+        if own_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     from pagcp import model_stats
     from pagcp.cli.pipeline import PruneRun
     from pagcp.cli.report import UNIT_FIELDS, write_report
-    from pagcp.devices import describe_device
+    from pagcp.devices import broadcast_object, describe_device, is_main_process
 
-    _check_args(args)
     run_dir = _resumed_run(args) if args.resume is not None else None
     if run_dir is not None and (run_dir / "report.json").is_file():
         log.info("%s has finished (its report.json is written); nothing to redo. Results: %s", run_dir,
@@ -228,7 +247,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return json.loads((run_dir / "report.json").read_text())
     settings = settings_from_args(args)
     job = _load_job(args)
-    run_dir = run_dir or _new_run(args)
+    if run_dir is None:  # the main process makes the folder; every process uses it
+        run_dir = Path(broadcast_object(str(_new_run(args)) if is_main_process() else None))
     subset_text = "all" if args.subset is None else args.subset
     log.info("run folder %s; device %s; oracle: %s %s images at %d px, batch %d", run_dir,
              describe_device(job.device), subset_text, args.oracle_split, job.img,
@@ -244,10 +264,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "oracle_split": args.oracle_split, "oracle_images": str(run_dir / "oracle_images.txt"),
         "lambda": result.lam, "settings": settings.to_dict(), "rounds": len(result.history),
         "units": [{k: round(d[k], 4) if k == "ratio" else d[k] for k in UNIT_FIELDS} for d in result.decisions],
-        "latency": _latency(args, job, final_model, run_dir),
+        "processes": _world(),
     }  # fmt: skip
-    write_report(run_dir, report)
+    if is_main_process():
+        report["latency"] = _latency(args, job, final_model, run_dir)
+        write_report(run_dir, report)
     return report
+
+
+def _world() -> int:
+    from pagcp.devices import distributed_env
+
+    return distributed_env()[1]
 
 
 def _latency(args: argparse.Namespace, job: Job, final_model, run_dir: Path) -> dict[str, Any] | None:
@@ -270,11 +298,14 @@ def _latency(args: argparse.Namespace, job: Job, final_model, run_dir: Path) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pagcp.devices import distributed_env
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rank = distributed_env()[0]
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     started = time.perf_counter()
     code, report = guarded(PROG, lambda: run(args))
-    if code:
+    if code or rank != 0:
         return code
     from pagcp.cli.report import cycles_table, latency_lines, summary_table
 

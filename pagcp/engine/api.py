@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pagcp.engine.oracle import SubsetOracle, TaskLoss
+from pagcp.engine.oracle import Shard, SubsetOracle, TaskLoss
 from pagcp.engine.progress import SearchProgress
 from pagcp.engine.search import Search
 from pagcp.engine.settings import PruneSettings
@@ -59,6 +59,8 @@ def prune(
     progress: Callable[[dict[str, Any]], None] | bool | None = None,
     fingerprint: dict[str, Any] | None = None,
     settings: PruneSettings | None = None,
+    shard: Shard | None = None,
+    oracle_dtype: torch.dtype = torch.float32,
     **options: Any,
 ) -> PruneResult:
     """Prune ``model`` with PAGCP.
@@ -79,6 +81,10 @@ def prune(
             ``ratio``, ``gflops``, ``tripped``).
         fingerprint: what identifies the model and data in the state file (a resume on others fails); the
             number of units found is added to it.
+        shard: this process's share of ``batches`` in a torchrun-sharded search (:class:`Shard`); only the
+            main process writes ``state_path``.
+        oracle_dtype: the precision of the oracle's forward passes (float32, bfloat16 or float16; the losses
+            are summed in float64 whatever it is).
         settings / **options: a :class:`pagcp.engine.settings.PruneSettings`, or its fields (initial_rate,
             initial_thres, exp, topk, round, rate_slope, thres_slope, ratios, compression, saliency, compat,
             target_gflops, max_rounds, units, chunk).
@@ -94,7 +100,8 @@ def prune(
             n_tasks = torch.as_tensor(loss_fn(model(batches[0][0]), batches[0][1])).numel()
         tasks = [f"task{i}" for i in range(n_tasks)]
     size = img_size if img_size is not None else tuple(example_input.shape[-2:])
-    oracle = SubsetOracle(graph, batches, loss_fn, tasks, chunk=s.chunk, train_mode_leaves=train_mode_leaves)
+    oracle = SubsetOracle(graph, batches, loss_fn, tasks, s.chunk, train_mode_leaves=train_mode_leaves, shard=shard,
+                          dtype=oracle_dtype)  # fmt: skip
     fingerprint = {**(fingerprint or {}), "units": len(graph.units)}
     bar = SearchProgress() if progress is True else None
     progress = bar or progress or None

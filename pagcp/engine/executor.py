@@ -124,6 +124,8 @@ class _CandidatePass(_CompactPass):
     def read(self, node: fx.Node) -> Any:
         if node in self.wide:
             return self.env[node]
+        if self.R == 1:  # one candidate: prefix values already have its rows
+            return self.env[node]
         if node not in self.repeated:  # a prefix value (N rows), repeated once to R·N rows
             self.repeated[node] = _map_tensors(self.env[node], lambda t: t.repeat(self.R, *([1] * (t.dim() - 1))))
         return self.repeated[node]

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import fx
+from torch.profiler import record_function
 
 from pagcp.engine.executor import Executor
 from pagcp.engine.saliency import activation_scores
@@ -58,6 +59,45 @@ class Oracle(Protocol):
 
     def activation_scores(self, keep: Keep, unit: str) -> torch.Tensor:
         """Saliency ``act`` of ``unit``'s channels on the oracle's data (see docs/algorithm.md)."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the oracle's batches in a torchrun-sharded search.
+
+    The ``total`` batches are dealt round-robin (process r of w holds batches r, r + w, ...); every process
+    walks the same number of lockstep steps, one local batch per step (none once its share is done), and
+    ``sum`` adds a float64 tensor over the processes (an all-reduce), so every process sees the same partial
+    sums and takes the same decisions, early rejection included. One process: no communication.
+    """
+
+    rank: int = 0
+    world: int = 1
+    total: int = 0
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        return value if self.reduce is None or self.world == 1 else self.reduce(value)
+
+    def steps(self, local_batches: int) -> int:
+        """Lockstep steps: the largest share of any process."""
+        return local_batches if self.world == 1 else -(-self.total // self.world)
+
+    def take(self, batches: Sequence[Batch]) -> list[Batch]:
+        """This process's share of all ``batches``."""
+        return list(batches[self.rank :: self.world])
+
+
+#: --oracle-dtype: the precision the oracle's forward passes run in (losses are summed in float64 always)
+ORACLE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _map_float(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_float(v) for v in value)
+    return value
 
 
 def _rows(value: Any) -> int:
@@ -106,6 +146,8 @@ class SubsetOracle:
         chunk: int = 0,
         cache_bytes: int | None = None,
         train_mode_leaves: tuple[type, ...] = (),
+        shard: Shard | None = None,
+        dtype: torch.dtype = torch.float32,
     ):
         if not batches:
             raise ConfigError("the oracle needs at least one batch of data")
@@ -118,11 +160,27 @@ class SubsetOracle:
         self.cache_bytes = cache_bytes if cache_bytes is not None else (2 << 30 if device.type == "cpu" else 8 << 30)
         self.executor = Executor(graph, train_mode_leaves)
         self.evaluations = 0
+        self.shard = shard or Shard()
+        if dtype not in ORACLE_DTYPES.values():
+            raise ConfigError(f"--oracle-dtype {dtype}: use one of {', '.join(ORACLE_DTYPES)}")
+        self.dtype = dtype
+        self.device_type = device.type
         #: called with the number of candidates of the current ``evaluate`` call decided so far (progress bars)
         self.on_candidates: Callable[[int], None] | None = None
 
+    def _batch(self, step: int) -> Batch | None:
+        """This process's batch of a lockstep ``step`` (None once its share is done, see :class:`Shard`)."""
+        return self.batches[step] if step < len(self.batches) else None
+
+    def _precision(self) -> Any:
+        """Autocast to the oracle's dtype (convolutions in bf16/fp16, the fused ops in their input's dtype)."""
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
     def _batch_losses(self, out: Any, targets: Any, rows: int) -> torch.Tensor:
-        value = self.loss_fn(out, targets)
+        if self.dtype != torch.float32:  # the loss always in float32
+            out = _map_float(out)
+        with record_function("pagcp.loss"):
+            value = self.loss_fn(out, targets)
         value = torch.as_tensor(value).detach().reshape(-1).double().cpu()
         if value.numel() != len(self.tasks):
             raise ConfigError(
@@ -133,7 +191,8 @@ class SubsetOracle:
     def _run_candidates(self, unit: str, cached: dict[fx.Node, Any], masks: list[torch.Tensor]) -> Any:
         """The candidates in one pass; on a device out of memory, in halves (outputs joined candidate-major)."""
         try:
-            return self.executor.run_candidates(unit, cached, masks)
+            with self._precision():
+                return self.executor.run_candidates(unit, cached, masks)
         except torch.OutOfMemoryError:
             if len(masks) == 1:
                 raise
@@ -144,18 +203,29 @@ class SubsetOracle:
             second = self._run_candidates(unit, cached, masks[half:])
             return _join(first, second)
 
+    def _step_losses(self, unit: str, cached: dict[fx.Node, Any], masks: list[torch.Tensor], batch: Batch):
+        """Per-task loss sums (R x tasks, float64) of R candidates on one batch."""
+        inputs, targets = batch
+        with record_function("pagcp.suffix"):
+            out = self._run_candidates(unit, cached, masks)
+        n = inputs.shape[0]
+        return torch.stack([self._batch_losses(_take(out, k * n, (k + 1) * n), targets, n) for k in range(len(masks))])
+
     def losses(self, keep: Keep) -> torch.Tensor:
         """Per-task loss sums (float64) of the network pruned by ``keep``."""
         self.executor.set_keep(keep)
         total = torch.zeros(len(self.tasks), dtype=torch.float64)
         for inputs, targets in self.batches:
-            out = self.executor.run([inputs])
+            with self._precision():
+                out = self.executor.run([inputs])
             total += self._batch_losses(out, targets, inputs.shape[0])
-        return total
+        return self.shard.sum(total)
 
     def activation_scores(self, keep: Keep, unit: str) -> torch.Tensor:
         """Mean |activation| of ``unit``'s channels over the oracle's batches (:func:`activation_scores`)."""
-        return activation_scores(self.executor, self.batches, keep, unit)
+        reduce = self.shard.sum if self.shard.world > 1 else None
+        with self._precision():
+            return activation_scores(self.executor, self.batches, keep, unit, reduce)
 
     def evaluate(
         self, keep: Keep, unit: str, candidates: Sequence[torch.Tensor], bound: torch.Tensor
@@ -174,19 +244,22 @@ class SubsetOracle:
             active = list(range(len(chunk)))
             first_trip: int | None = None
             self.evaluations += len(chunk)
-            for b, (inputs, targets) in enumerate(self.batches):
-                cached = prefix_cache.get(b)
-                if cached is None:
-                    cached = ex.prefix([inputs], unit)
-                    if keep_cache:
-                        prefix_cache[b] = cached
-                        if b == 0 and _nbytes(cached) * len(self.batches) > self.cache_bytes:
-                            keep_cache = False
-                            prefix_cache.clear()
-                out = self._run_candidates(unit, cached, [chunk[i] for i in active])
-                n = inputs.shape[0]
-                for k, i in enumerate(active):
-                    sums[i] += self._batch_losses(_take(out, k * n, (k + 1) * n), targets, n)
+            for b in range(self.shard.steps(len(self.batches))):
+                step = torch.zeros(len(active), len(self.tasks), dtype=torch.float64)
+                batch = self._batch(b)
+                if batch is not None:
+                    cached = prefix_cache.get(b)
+                    if cached is None:
+                        with record_function("pagcp.prefix"):
+                            with self._precision():
+                                cached = ex.prefix([batch[0]], unit)
+                        if keep_cache:
+                            prefix_cache[b] = cached
+                            if b == 0 and _nbytes(cached) * len(self.batches) > self.cache_bytes:
+                                keep_cache = False
+                                prefix_cache.clear()
+                    step = self._step_losses(unit, cached, [chunk[i] for i in active], batch)
+                sums[active] += self.shard.sum(step)  # every process sees the same partial sums
                 over = [i for i in active if bool((sums[i] > bound).any())]
                 if over:
                     trip = over[0]

@@ -16,16 +16,19 @@ log = logging.getLogger("pagcp.search")
 class SearchProgress:
     """tqdm bar over the units of a search; ``close()`` it (or use it as a context manager) when done."""
 
-    def __init__(self, desc: str = "pruning"):
+    def __init__(self, desc: str = "pruning", enabled: bool = True):
         from tqdm import tqdm
 
-        self.bar = tqdm(desc=desc, unit="unit", disable=None)
+        self.bar = tqdm(desc=desc, unit="unit", disable=None if enabled else True)
+        self.enabled = enabled
         self.gflops = ""
 
     def __call__(self, p: dict[str, Any]) -> None:
         if p["event"] == "unit":
             text = f"{p['unit']} ratio {p['ratio']:.2f} -> {p['gflops']:.3f} GFLOPs"
             if self.bar.disable:
+                if not self.enabled:
+                    return
                 tripped = f" (tripped: {p['tripped']})" if p["tripped"] else ""
                 log.info("unit %d/%d %s%s", p["position"], p["total"], text, tripped)
                 return

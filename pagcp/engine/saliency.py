@@ -52,10 +52,11 @@ def unit_scores(
     return scores
 
 
-def activation_scores(executor, batches, keep: Keep, unit: str) -> torch.Tensor:
+def activation_scores(executor, batches, keep: Keep, unit: str, reduce=None) -> torch.Tensor:
     """Saliency ``act`` of a unit's channels: for each member (producer or tied depthwise conv), the mean |value|
     of its output channel (after the BN and activation it absorbs) over every image and pixel of ``batches``,
     summed over the members; computed on the network pruned by ``keep``. float64, CPU; pruned channels get 0.
+    ``reduce`` sums a float64 tensor over the processes of a sharded search (each holds some of the batches).
     """
     graph = executor.graph
     u = graph[unit]
@@ -67,6 +68,12 @@ def activation_scores(executor, batches, keep: Keep, unit: str) -> torch.Tensor:
         for name, (value, count) in executor.activity([inputs], {r.module for r in members}).items():
             totals[name] = totals[name] + value if name in totals else value
             counts[name] = counts.get(name, 0) + count
+    if reduce is not None:
+        for name in sorted(totals):
+            packed = reduce(
+                torch.cat([totals[name].double(), torch.tensor([float(counts[name])], dtype=torch.float64)])
+            )
+            totals[name], counts[name] = packed[:-1], int(packed[-1].item())
     scores = torch.zeros(u.size, dtype=torch.float64)
     for ref in members:
         out_keep = graph.module_keep(keep, ref.module)[0]

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from pagcp.devices import is_main_process
 from pagcp.engine.oracle import Evaluation, Oracle
 from pagcp.engine.rule import scope_units, solve_lambda
 from pagcp.engine.saliency import select_keep, unit_scores
@@ -81,7 +82,8 @@ class Search:
         self._evaluations_seen = now
 
     def save(self) -> None:
-        if self.state is not None:
+        """Write the state file (the main process of a sharded search only; the others hold the same state)."""
+        if self.state is not None and is_main_process():
             self.state.save(self.state_path)
 
     def run(self, resume: bool = False) -> Keep:

@@ -21,9 +21,10 @@ from torch import nn
 
 from pagcp.data import create_dataloader
 from pagcp.detection.loss import ComputeLoss
+from pagcp.devices import all_reduce_sum
 from pagcp.engine.api import PruneResult, prune
 from pagcp.engine.naive import NaiveOracle, naive_prune
-from pagcp.engine.oracle import Batch, SubsetOracle, TaskLoss
+from pagcp.engine.oracle import Batch, Shard, SubsetOracle, TaskLoss
 from pagcp.engine.settings import PruneSettings
 from pagcp.errors import ConfigError
 from pagcp.graph import ChannelGraph
@@ -87,6 +88,8 @@ class YoloProblem:
     cache_targets: bool = True
     tasks: tuple[str, ...] = YOLO_TASKS
     train_mode_leaves: tuple[type, ...] = (Detect,)
+    shard: Shard | None = None  # this process's share of the batches in a sharded search
+    dtype: torch.dtype = torch.float32  # the precision of the oracle's forward passes
 
     def __post_init__(self) -> None:
         if not self.batches:
@@ -103,9 +106,8 @@ class YoloProblem:
 
     def oracle(self, graph: ChannelGraph, chunk: int = 0) -> SubsetOracle:
         """The engine's oracle over these batches."""
-        return SubsetOracle(
-            graph, self.batches, self.loss_fn, self.tasks, chunk, train_mode_leaves=self.train_mode_leaves
-        )
+        return SubsetOracle(graph, self.batches, self.loss_fn, self.tasks, chunk,
+                            train_mode_leaves=self.train_mode_leaves, shard=self.shard, dtype=self.dtype)  # fmt: skip
 
     def naive(self, graph: ChannelGraph, settings: PruneSettings, cache_targets: bool = False) -> dict[str, Any]:
         """The straightforward search over the same batches (targets re-matched per call, as the reference)."""
@@ -120,7 +122,8 @@ class YoloProblem:
         """PAGCP on ``self.model`` with this oracle; ``kwargs`` go to :func:`pagcp.engine.api.prune`."""
         return prune(
             self.model, self.loss_fn, self.batches, self.example_input(), tasks=list(self.tasks),
-            train_mode_leaves=self.train_mode_leaves, img_size=self.img_size, settings=settings, **kwargs,
+            train_mode_leaves=self.train_mode_leaves, img_size=self.img_size, settings=settings, shard=self.shard,
+            oracle_dtype=self.dtype, **kwargs,
         )  # fmt: skip
 
 
@@ -134,10 +137,13 @@ def yolo_problem(
     device: torch.device | str | None = None,
     workers: int = 0,
     cache_targets: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> YoloProblem:
     """The YOLO oracle of ``model``: ``subset`` images drawn (seeded) from ``files`` (all when None).
 
     ``img_size`` must be a multiple of the model's stride; the batches go to ``device`` (default: the model's).
+    ``shard=(rank, world)``: this process keeps its round-robin share of the batches and the oracle sums the
+    losses over the processes (a torchrun-sharded search, see :class:`pagcp.engine.oracle.Shard`).
     """
     if subset is not None and subset > len(files):
         raise ConfigError(
@@ -147,4 +153,13 @@ def yolo_problem(
     device = device if device is not None else next(model.parameters()).device
     nc = int(model.model[-1].nc)
     batches = yolo_subset(chosen, img_size, batch_size, model_stride(model), nc, device, workers)
-    return YoloProblem(model, batches, img_size, chosen, cache_targets)
+    if shard is None or shard[1] == 1:
+        return YoloProblem(model, batches, img_size, chosen, cache_targets)
+    rank, world = shard
+    if len(batches) < world:
+        raise ConfigError(
+            f"--subset {len(chosen)} gives {len(batches)} oracle batches for {world} processes; each needs at least "
+            "one: use a larger --subset or a smaller --batch"
+        )
+    split = Shard(rank, world, len(batches), all_reduce_sum)
+    return YoloProblem(model, split.take(batches), img_size, chosen, cache_targets, shard=split)

@@ -1,0 +1,29 @@
+"""The device suite's dry run: every step of the GPU checks runs on the CPU at toy sizes and reports figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_device_suite_dry_run(tmp_path):
+    out = tmp_path / "suite.json"
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    proc = subprocess.run([sys.executable, "benchmarks/device_suite.py", "--dry-run", "--out", str(out)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=1500)  # fmt: skip
+    report = json.loads(out.read_text())
+    steps = {s["step"]: s for s in report["steps"]}
+    assert list(steps) == ["wheels", "build", "gpu tests", "kernels", "search", "precision", "finetune"]
+    assert proc.returncode == 0, {name: s["tail"][-500:] for name, s in steps.items() if s["rc"]}
+    assert steps["kernels"]["result"]["copy_gb_s"] > 0 and steps["kernels"]["result"]["rows"]
+    assert all(0 < r["of_copy_bandwidth"] for r in steps["kernels"]["result"]["rows"])
+    search = steps["search"]["result"]
+    assert search["same_decisions"] is True and search["speedup"] > 0
+    assert steps["precision"]["result"]["rows"]["bf16"]["same_ratio"] >= 0.5
+    assert steps["finetune"]["result"]["epochs"] == 1
+    assert "| search | 0 |" in proc.stdout
