@@ -91,9 +91,18 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 
     nccl reduces CUDA tensors only: under it the sum is taken on this process's GPU.
     """
+    return _all_reduce(value, "sum")
+
+
+def all_reduce_min(value: torch.Tensor) -> torch.Tensor:
+    """The element-wise minimum of ``value`` over every process (see :func:`all_reduce_sum`)."""
+    return _all_reduce(value, "min")
+
+
+def _all_reduce(value: torch.Tensor, op: str) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()):
         return value.clone()
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else value.device
     work = value.detach().to(device, copy=True)
-    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    dist.all_reduce(work, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MIN)
     return work.to(value.device)

@@ -68,3 +68,10 @@ def test_the_digits_example_prunes_and_recovers(tmp_path):
     original, pruned, tuned = accuracies
     assert min(tuned[0] - original[0], tuned[1] - original[1]) > -0.02  # fine-tuning recovers the accuracy
     assert "after 2 epochs of fine-tuning" in out
+
+
+def test_the_results_summary_is_what_the_benchmark_json_says():
+    root = README.parent
+    proc = subprocess.run([sys.executable, "benchmarks/summary.py", "--check"], cwd=root, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -49,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description=__doc__.split("\n")[0],
     )
-    g = p.add_argument_group("model and data (YOLOv5's names)")
+    _model_flags(p.add_argument_group("model and data (YOLOv5's names)"))
+    _rule_flags(p.add_argument_group("the decision rule (the reference's names; underscore spellings work too)"))
+    _output_flags(p.add_argument_group("fine-tuning and output"))
+    return p
+
+
+def _model_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--weights", default="yolov5n-demo", help="checkpoint: bundled name, official .pt or pagcp .pt")
     g.add_argument("--data", default="demo", help="data yaml, or 'demo'")
     g.add_argument("--img", "--img-size", "--imgsz", dest="img", type=int, default=320, help="image size (px)")
@@ -65,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--workers", type=int, default=0, help="dataloader workers")
     g.add_argument("--seed", type=int, default=0, help="seed of the oracle subset")
-    r = p.add_argument_group("the decision rule (the reference's names; underscore spellings work too)")
+
+
+def _rule_flags(r: argparse._ArgumentGroup) -> None:
     r.add_argument("--initial-rate", "--initial_rate", dest="initial_rate", type=float, default=0.06,
                    help="loss-rise threshold of the first unit (a task trips past base x (1 + rate))")  # fmt: skip
     r.add_argument("--initial-thres", "--initial_thres", dest="initial_thres", type=float, default=6.0,
@@ -94,10 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tuning epochs after each cycle's search (with --cycles > 1)")  # fmt: skip
     r.add_argument("--compat", choices=COMPAT_MODES, default="default",
                    help="'reference' reproduces the reference implementation, quirks included")  # fmt: skip
-    r.add_argument("--chunk", type=int, default=0, help="candidates per oracle pass (0: 1 on CPU, 4 on GPU)")
+    r.add_argument("--chunk", type=int, default=0,
+                   help="candidates per oracle pass (0: 1 on the CPU, from free memory on a GPU)")  # fmt: skip
     r.add_argument("--oracle-dtype", "--oracle_dtype", dest="oracle_dtype", choices=tuple(ORACLE_DTYPES),
                    default="fp32", help="precision of the oracle's forward passes (sums stay float64)")  # fmt: skip
-    f = p.add_argument_group("fine-tuning and output")
+
+
+def _output_flags(f: argparse._ArgumentGroup) -> None:
     f.add_argument("--finetune-epochs", "--finetune_epochs", dest="finetune_epochs", type=int, default=1,
                    help="epochs of the final fine-tune of the pruned model (0: none)")  # fmt: skip
     f.add_argument("--finetune-batch", "--finetune_batch", dest="finetune_batch", type=int, default=16,
@@ -112,7 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export the original and final models to ONNX and measure their ONNX Runtime CPU latency "
                         "(needs pagcp[export]; skipped with a note without it)")  # fmt: skip
     f.add_argument("--json", action="store_true", help="print the report as a JSON object on the last line")
-    return p
 
 
 def settings_from_args(args: argparse.Namespace) -> PruneSettings:

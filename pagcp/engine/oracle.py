@@ -75,9 +75,16 @@ class Shard:
     world: int = 1
     total: int = 0
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    reduce_min: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         return value if self.reduce is None or self.world == 1 else self.reduce(value)
+
+    def min_int(self, value: int) -> int:
+        """The smallest ``value`` of all processes (choices every process must share, e.g. the chunk)."""
+        if self.reduce_min is None or self.world == 1:
+            return value
+        return int(self.reduce_min(torch.tensor([value], dtype=torch.int64)).item())
 
     def steps(self, local_batches: int) -> int:
         """Lockstep steps: the largest share of any process."""
@@ -88,6 +95,8 @@ class Shard:
         return list(batches[self.rank :: self.world])
 
 
+#: the most candidates per pass chosen automatically (a unit has at most 19)
+MAX_CHUNK = 19
 #: --oracle-dtype: the precision the oracle's forward passes run in (losses are summed in float64 always)
 ORACLE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -156,7 +165,8 @@ class SubsetOracle:
         self.loss_fn = loss_fn
         self.tasks = list(tasks)
         device = batches[0][0].device
-        self.chunk = chunk or (4 if device.type == "cuda" else 1)
+        self.chunk = chunk or 1  # on CUDA without an explicit chunk: sized from free memory at the first unit
+        self.auto_chunk = chunk == 0 and device.type == "cuda"
         self.cache_bytes = cache_bytes if cache_bytes is not None else (2 << 30 if device.type == "cpu" else 8 << 30)
         self.executor = Executor(graph, train_mode_leaves)
         self.evaluations = 0
@@ -203,6 +213,21 @@ class SubsetOracle:
             second = self._run_candidates(unit, cached, masks[half:])
             return _join(first, second)
 
+    def _size_chunk(self, unit: str, cached: dict[fx.Node, Any], mask: torch.Tensor) -> None:
+        """Candidates per pass on CUDA: as many as half the free memory holds (at most 19), from the peak memory
+        of one candidate's pass; measured once, at the first unit (the OOM fallback halves it if needed)."""
+        self.auto_chunk = False
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            self._run_candidates(unit, cached, [mask])
+        per_candidate = max(torch.cuda.max_memory_allocated() - base, 1)
+        free, _ = torch.cuda.mem_get_info()
+        self.chunk = self.shard.min_int(int(max(1, min(MAX_CHUNK, free // 2 // per_candidate))))
+        log.info("oracle: %d candidates per pass (%.0f MiB each, %.0f MiB free)", self.chunk, per_candidate / 2**20,
+                 free / 2**20)  # fmt: skip
+
     def _step_losses(self, unit: str, cached: dict[fx.Node, Any], masks: list[torch.Tensor], batch: Batch):
         """Per-task loss sums (R x tasks, float64) of R candidates on one batch."""
         inputs, targets = batch
@@ -239,6 +264,12 @@ class SubsetOracle:
         start = 0
         bound = bound.double()
         while start < len(candidates):
+            if self.auto_chunk and start > 0:  # every process gets here at the same candidate
+                cached = prefix_cache.get(0)
+                if cached is None:
+                    with self._precision():
+                        cached = ex.prefix([self.batches[0][0]], unit)
+                self._size_chunk(unit, cached, candidates[start])
             chunk = list(candidates[start : start + self.chunk])
             sums = torch.zeros(len(chunk), len(self.tasks), dtype=torch.float64)
             active = list(range(len(chunk)))

@@ -21,7 +21,7 @@ from torch import nn
 
 from pagcp.data import create_dataloader
 from pagcp.detection.loss import ComputeLoss
-from pagcp.devices import all_reduce_sum
+from pagcp.devices import all_reduce_min, all_reduce_sum
 from pagcp.engine.api import PruneResult, prune
 from pagcp.engine.naive import NaiveOracle, naive_prune
 from pagcp.engine.oracle import Batch, Shard, SubsetOracle, TaskLoss
@@ -161,5 +161,5 @@ def yolo_problem(
             f"--subset {len(chosen)} gives {len(batches)} oracle batches for {world} processes; each needs at least "
             "one: use a larger --subset or a smaller --batch"
         )
-    split = Shard(rank, world, len(batches), all_reduce_sum)
+    split = Shard(rank, world, len(batches), all_reduce_sum, all_reduce_min)
     return YoloProblem(model, split.take(batches), img_size, chosen, cache_targets, shard=split)

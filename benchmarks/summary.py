@@ -1,0 +1,166 @@
+"""The README's results summary, generated from the benchmark JSON files in ``benchmarks/results/``.
+
+    python benchmarks/summary.py            # rewrite the section between the README's results markers
+    python benchmarks/summary.py --check    # exit 1 when the README differs from what the JSON files say
+    python benchmarks/summary.py --record-prune RUN_DIR --wall SECONDS [--command "..."]
+        # store a finished `python -m pagcp.prune` run as results/prune_default.json
+
+Every figure in the summary comes from one of these files, with the date and machine it was measured on, so
+the README cannot drift from the measurements (tests/test_readme.py runs ``--check``). Lab notes (load,
+history) stay in ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE.parent / "README.md"
+BEGIN, END = "<!-- results:begin (benchmarks/summary.py writes this section) -->", "<!-- results:end -->"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _prune_rows(p: dict[str, Any]) -> list[str]:
+    r = p["report"]
+    latency = r.get("latency") or {}
+    speed = ""
+    if "pruned" in latency:
+        o, q = latency["original"]["median_ms"], latency["pruned"]["median_ms"]
+        speed = f"; ONNX Runtime CPU latency {o:.1f} → {q:.1f} ms ({o / q:.2f}×)"
+    return [f"| the default job | `{p['command']}` | yolov5n-demo at 320 px, oracle on 64 train images: GFLOPs "
+            f"{r['gflops_before']:.3f} → {r['gflops_after']:.3f} ({r['gflops_after'] / r['gflops_before']:.0%}), "
+            f"params {r['params_before'] / 1e6:.2f} M → {r['params_after'] / 1e6:.2f} M; mAP50-95 "
+            f"{r['map50_95_before']:.3f} → {r['map50_95_after']:.3f} pruned → {r['map50_95_finetuned']:.3f} after one "
+            f"fine-tuning epoch; {r['evaluations']} candidate evaluations; {p['wall_s'] / 60:.1f} min in all{speed} "
+            f"| {p['date']}, {p['machine']} |"]  # fmt: skip
+
+
+def _search_rows(s: dict[str, Any]) -> list[str]:
+    rows = [f"| engine vs naive loop | `python benchmarks/bench_search.py --chunks 1,2,4,7 --profile` | identical "
+            f"decisions: {s['same_decisions']}; engine {s['engine_seconds']:.0f} s vs naive "
+            f"{s['naive_seconds']:.0f} s, "
+            f"**{s['speedup']:.1f}×**; R candidates per pass: "
+            + ", ".join(f"R={c} {t:.0f} s" for c, t in s["chunk_seconds"].items())
+            + f" | {s['date']}, {s['machine']} |"]  # fmt: skip
+    prof = s.get("profile")
+    if prof:
+        share = {k: v / prof["wall_seconds"] for k, v in prof["seconds"].items()}
+        top = ", ".join(f"{k} {v:.0%}" for k, v in sorted(share.items(), key=lambda kv: -kv[1])[:4])
+        rows.append(f"| the engine against its floor | same, `--profile` | engine/floor = "
+                    f"**{prof['engine_over_floor']:.2f}** (floor: the network's own operators); time: {top} "
+                    f"| {s['date']}, {s['machine']} |")  # fmt: skip
+    return rows
+
+
+def _quality_table(q: dict[str, Any]) -> list[str]:
+    if not q.get("runs"):  # a benchmark still running: its rows are not final
+        return []
+    run = q["runs"][-1]
+    st = q["settings"]
+    lines = ["", f"**Quality at matched GFLOPs and the same fine-tuning** (`python benchmarks/bench_quality.py`; "
+             f"{run['date']}, {run['machine']}): every method fine-tuned {st['epochs']} epochs on the "
+             f"2,000 demo train images (`--hyp {st['hyp']}`, batch {st['batch']}); PAGCP's oracle on {st['subset']} "
+             "train images, its cycles (one epoch each) counted in its budget; mAP50-95 on the 500 val images.", "",
+             "| target | method | GFLOPs (vs PAGCP) | params | mAP50-95 fine-tuned | mAP50 fine-tuned | PAGCP cycles |",
+             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in q["rows"]:
+        target = "-" if r["target"] is None else f"{r['target']:g}×"
+        vs = "" if r["method"] in ("pagcp", "unpruned") else f" ({r['gflops_vs_pagcp']:.3f})"
+        name = f"**{r['method']}**" if r["method"] == "pagcp" else r["method"]
+        lines.append(f"| {target} | {name} | {r['gflops']:.3f}{vs} | {r['params']:,} | {r['map50_95_finetuned']:.4f} | "
+                     f"{r['map50_finetuned']:.4f} | {r.get('cycles', '')} |")  # fmt: skip
+    return [*lines, "", "![mAP50-95 against GFLOPs](benchmarks/quality.png)"]
+
+
+def _cost_rows(c: dict[str, Any]) -> list[str]:
+    m = next((r for r in c["rows"] if r["model"] == "yolov5m" and r["img"] == 640), None)
+    if m is None:
+        return []
+    return [f"| search cost, yolov5m at 640 | `python benchmarks/bench_cost.py` | one COCO round, both sides charged "
+            f"the same schedule: {m['visited_candidates']:.0f} candidates (as visited by the rule): engine "
+            f"{m['visited_engine_round_h']:.1f} h ({c['args']['subset']} images) vs reference "
+            f"{m['visited_reference_coco_round_h']:,.0f} h (5,000 images); all 19 ratios per unit: "
+            f"{m['upper_engine_round_h']:.1f} h vs {m['upper_reference_coco_round_h']:,.0f} h "
+            f"| {c['date']}, {c['machine']} |"]  # fmt: skip
+
+
+def _legacy_rows(legacy: dict[str, Any]) -> list[str]:
+    return [f"| {r['what']} | `{r['command']}` | {r['result']} | {r['date']}, {r['machine']} |" for r in legacy["rows"]]
+
+
+def summary() -> str:
+    """The markdown of the results section."""
+    lines = ["| what | command | result | measured |", "|---|---|---|---|"]
+    parts = [("prune_default", _prune_rows), ("search", _search_rows), ("cost", _cost_rows),
+             ("legacy", _legacy_rows)]  # fmt: skip
+    for name, render in parts:
+        data = _load(name)
+        if data is not None:
+            lines += render(data)
+    quality = _load("quality")
+    if quality is not None:
+        lines += _quality_table(quality)
+    return "\n".join(lines)
+
+
+def write_readme(check: bool) -> int:
+    text = README.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        print(f"{README}: the results markers are missing", file=sys.stderr)
+        return 1
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{summary()}\n{END}{tail}"
+    if check:
+        if new != text:
+            print(
+                "README.md's results section differs from benchmarks/results/*.json: run python benchmarks/summary.py"
+            )
+            return 1
+        return 0
+    README.write_text(new, encoding="utf-8")
+    return 0
+
+
+def record_prune(run_dir: str, wall: float, command: str) -> None:
+    """results/prune_default.json from a finished prune run's report.json."""
+    report = json.loads((Path(run_dir) / "report.json").read_text())
+    keep = {k: report[k] for k in ("gflops_before", "gflops_after", "params_before", "params_after",
+                                   "map50_95_before", "map50_95_after", "map50_95_finetuned", "map50_before",
+                                   "map50_after", "map50_finetuned", "evaluations", "search_seconds", "stop_rule",
+                                   "oracle_split", "subset", "img_size", "latency")}  # fmt: skip
+    load = os.getloadavg()[0]
+    out = {"command": command, "wall_s": wall, "report": keep, "load_average_1min_at_record": load,
+           "date": time.strftime("%Y-%m-%d", time.gmtime()),
+           "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores"}  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "prune_default.json").write_text(json.dumps(out, indent=1))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--check", action="store_true", help="only compare; exit 1 when the README is out of date")
+    p.add_argument("--record-prune", metavar="RUN_DIR", help="store this prune run as results/prune_default.json")
+    p.add_argument("--wall", type=float, default=0.0, help="the run's wall seconds (with --record-prune)")
+    p.add_argument("--command", default="python -m pagcp.prune", help="the run's command (with --record-prune)")
+    args = p.parse_args()
+    if args.record_prune:
+        record_prune(args.record_prune, args.wall, args.command)
+        return 0
+    return write_readme(args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
