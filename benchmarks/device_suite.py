@@ -58,7 +58,7 @@ DRY_STEPS = (
     ("gpu tests", "{py} -m pytest -q -m gpu tests/test_ops_bn_act.py -p no:cacheprovider", 300),
     ("kernels", "{py} benchmarks/compare_ops.py --device cpu --batch 1 --rs 1,2 --layers 8x16x16 --repeat 1 "
                 "--ops bn_act,stats --copy-mib 8 --json {tmp}/kernels.json", 300),
-    ("search", "{py} benchmarks/bench_search.py --weights yolov5n --img 64 --subset 8 --batch 8 "
+    ("search", "{py} benchmarks/bench_search.py --weights yolov5n --img 64 --subset 4 --batch 4 "
                "--compression backbone --data {data} --json", 600),
     ("precision", "{py} benchmarks/bench_precision.py --weights yolov5n --img 64 --subset 8 --batch 8 --device cpu "
                   "--dtypes bf16 --compression backbone --data {data} --json", 600),

@@ -36,6 +36,8 @@ def test_the_readme_has_python_blocks():
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[_first_line(b) for b in BLOCKS])
 def test_readme_block_runs(block: str, tmp_path):
+    if "load_digits" in block:
+        pytest.skip("run, with its figures checked, by test_the_digits_example_prunes_and_recovers")
     for text, small in SMALLER.items():
         if text in block:
             block = block.replace(text, small)
