@@ -123,8 +123,17 @@ setup(
     extras_require={
         "demo": ["scikit-image", "scikit-learn"],
         "export": EXPORT_REQUIRES,
-        "test": ["pytest", "pytest-benchmark", "scikit-image", "scikit-learn", "ruff", *EXPORT_REQUIRES],
+        "test": [
+            "pytest",
+            "pytest-benchmark",
+            "scikit-image",
+            "scikit-learn",
+            "ruff",
+            "ultralytics>=8.4",
+            *EXPORT_REQUIRES,
+        ],
         "triton": ["triton>=3.6"],
+        "ultralytics": ["ultralytics>=8.4"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -38,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="0" if torch.cuda.is_available() else "cpu", help="cpu or a CUDA index")
     p.add_argument("--dtypes", default="bf16,fp16", help="reduced precisions compared with fp32")
     p.add_argument("--compression", default="global", choices=["global", "backbone"], help="units searched")
+    p.add_argument("--backbone-layers", type=int, default=10, help="with --compression backbone: layers searched")
     p.add_argument("--json", action="store_true", help="print the result as a JSON object on the last line")
     return p.parse_args()
 
@@ -59,7 +60,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = pagcp.load_model(args.weights, device=device)
     problem = yolo_problem(model, image_files(cfg["train"]), args.img, args.batch, args.subset, 0, device)
-    settings = PruneSettings(compression=args.compression)
+    settings = PruneSettings(compression=args.compression, backbone_layers=args.backbone_layers)
     reference, ref_gflops, ref_s = search(problem, "fp32", settings)
     rows = {"fp32": {"gflops": ref_gflops, "seconds": round(ref_s, 1)}}
     for dtype in (d for d in args.dtypes.split(",") if d):

@@ -1,7 +1,7 @@
 """Quality at matched GFLOPs and an equal fine-tuning budget: PAGCP against uniform L1, Torch-Pruning global
 magnitude and random channels.
 
-    python benchmarks/bench_quality.py [--targets 0.7,0.5,0.35] [--epochs 3] [--cycles 3] [--json]
+    python benchmarks/bench_quality.py [--targets 0.7,0.5,0.35] [--epochs 3] [--cycles 2] [--json]
     python benchmarks/bench_quality.py --summarize benchmarks/results/quality.json   # table and plot again
 
 Per target fraction F of the original GFLOPs:
@@ -9,7 +9,9 @@ Per target fraction F of the original GFLOPs:
 - ``pagcp``: ``python -m pagcp.prune --target-gflops F --cycles C --cycle-epochs 1 --finetune-epochs 0``
   (oracle: ``--subset`` seeded images of the *train* split, never the val images that are scored); the
   cycles stop at the first that meets F, and the final model is then fine-tuned for the epochs left of the
-  budget (``--epochs`` minus one per cycle run).
+  budget (``--epochs`` minus one per cycle run). The last cycle's epoch is already spent on the final
+  architecture, so with C cycles it gets ``--epochs`` - C + 1 epochs: at most 2 cycles of a 3-epoch budget
+  leave it 2 (the baselines get all 3 on theirs).
 - ``uniform``: the same ratio in every unit, lowest-L1 channels; ``random``: the same ratio, seeded random
   channels; ``tp-global``: Torch-Pruning's ``MagnitudePruner`` (``global_pruning=True``, its default
   importance; Detect ignored; where Torch-Pruning cannot prune the model, the same rule on pagcp's graph as
@@ -40,12 +42,14 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from pagcp.cli import prune as prune_cli  # noqa: E402
+from pagcp.cli.families import family_of  # noqa: E402
 from pagcp.data import load_data_config  # noqa: E402
 from pagcp.detection.evaluate import evaluate  # noqa: E402
 from pagcp.engine.baselines import matched_keep, prunable_units  # noqa: E402
-from pagcp.training.loop import TrainSettings, train  # noqa: E402
 
 BASELINES = ("uniform", "tp-global", "random")
+#: every method's GFLOPs must lie within this fraction of PAGCP's
+MATCH_TOLERANCE = 0.02
 HERE = Path(__file__).resolve().parent
 
 
@@ -85,21 +89,26 @@ def tp_global(model: nn.Module, target_gflops: float, img: int, steps: int = 16)
         if best is None or abs(g - target_gflops) < best[0]:
             best = (abs(g - target_gflops), mid, m)
         lo, hi = (mid, hi) if g > target_gflops else (lo, mid)
+    if best[0] > MATCH_TOLERANCE * target_gflops:  # e.g. Torch-Pruning leaves a block it cannot prune whole
+        raise ValueError(f"Torch-Pruning reached {target_gflops + best[0]:.4f} GFLOPs at best, not {target_gflops:.4f}")
     return best[2], best[1]
 
 
 def finetune(model: nn.Module, args: argparse.Namespace, epochs: int, name: str) -> nn.Module:
-    """``epochs`` of fine-tuning on the whole train split (every method gets the same recipe)."""
+    """``epochs`` of fine-tuning on the whole train split (every method gets the same recipe: pagcp's loop for
+    YOLOv5, Ultralytics' trainer with the pruned widths kept for Ultralytics models)."""
     if epochs <= 0:
         return model
-    s = TrainSettings(epochs=epochs, img_size=args.img, batch_size=args.batch, device="cpu", hyp=args.hyp,
-                      workers=0, project=str(Path(args.project) / "finetune"), name=name, exist_ok=True,
-                      seed=args.seed)  # fmt: skip
-    return train(copy.deepcopy(model).train(), args.data, s)["model"].float().eval()
+    family = family_of(model=model)
+    folder = Path(args.project) / "finetune" / name
+    source = family.save(model, folder / "source.pt")
+    options = argparse.Namespace(finetune_batch=args.batch, device="cpu", hyp=args.hyp, workers=0, data=args.data)
+    return family.finetune(copy.deepcopy(model), folder, epochs, options, args.img, source)
 
 
 def validate(model: nn.Module, cfg: dict, img: int) -> dict[str, float]:
-    r = evaluate(model, cfg, img_size=img, batch_size=32, device="cpu", progress=False)
+    view = family_of(model=model).for_validation(model)
+    r = evaluate(view, cfg, img_size=img, batch_size=32, device="cpu", progress=False)
     return {"map50": round(r["map50"], 4), "map50_95": round(r["map50_95"], 4)}
 
 
@@ -138,9 +147,10 @@ def pagcp_row(args: argparse.Namespace, cfg: dict, target: float) -> tuple[dict[
 
 def baseline_model(method: str, graph, model: nn.Module, target: float, img: int, units, seed: int):
     """(``method``'s one-shot pruned model at ``target`` FLOPs, what to report about it, the method's name)."""
+    sliced = family_of(model=model).sliced
     if method in ("uniform", "random"):
         ratio, k = matched_keep(graph, method, target, img, units, seed=seed)
-        return graph.slice(k).eval(), {"ratio": round(ratio, 4)}, method
+        return sliced(graph.slice(k).eval()), {"ratio": round(ratio, 4)}, method
     if method == "tp-global":
         try:
             pruned, ratio = tp_global(model, target / 1e9, img)
@@ -148,7 +158,7 @@ def baseline_model(method: str, graph, model: nn.Module, target: float, img: int
         except Exception as e:  # noqa: BLE001 - Torch-Pruning cannot handle the model: same rule on the graph
             n, k = matched_keep(graph, "global", target, img, units)
             extra = {"pruned_channels": int(n), "torch_pruning_error": f"{type(e).__name__}: {e}"}
-            return graph.slice(k).eval(), extra, "global"
+            return sliced(graph.slice(k).eval()), extra, "global"
     raise SystemExit(f"unknown method {method!r}; use {', '.join(BASELINES)}")
 
 
@@ -172,7 +182,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--targets", default="0.7,0.5,0.35", help="comma list of GFLOPs fractions")
     p.add_argument("--methods", default=",".join(BASELINES), help="baselines to compare with PAGCP")
     p.add_argument("--subset", type=int, default=64, help="PAGCP oracle images (train split)")
-    p.add_argument("--cycles", type=int, default=3, help="most PAGCP prune -> fine-tune cycles (1 epoch each)")
+    p.add_argument("--cycles", type=int, default=2, help="most PAGCP prune -> fine-tune cycles (1 epoch each)")
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning budget of every method (epochs)")
     p.add_argument("--batch", type=int, default=16, help="fine-tuning batch")
     p.add_argument("--hyp", default="finetune", help="fine-tuning hyp of every method")
@@ -216,7 +226,8 @@ def main() -> None:
     started = time.perf_counter()
     cfg = load_data_config(args.data)
     model = pagcp.load_model(args.weights)
-    graph = pagcp.trace(model, torch.zeros(1, 3, args.img, args.img))
+    leaves = (type(model.model[-1]),)  # the Detect head, traced as a leaf as the oracle does
+    graph = pagcp.trace(model, torch.zeros(1, 3, args.img, args.img), leaf_modules=leaves)
     units = prunable_units(graph)
     done = {(r["method"], r["target"]) for r in result["rows"]}
 
@@ -235,7 +246,8 @@ def main() -> None:
         ours = next(r for r in result["rows"] if r["method"] == "pagcp" and r["target"] == target)
         flops = ours["gflops"] * 1e9
         for method in (m for m in args.methods.split(",") if m):
-            if not any(r["target"] == target and r["method"] in (method, "global") for r in result["rows"]):
+            names = (method, "global") if method == "tp-global" else (method,)  # global: tp-global's fallback
+            if not any(r["target"] == target and r["method"] in names for r in result["rows"]):
                 add(baseline_row(args, cfg, graph, model, method, target, flops, units))
     result["runs"].append(_machine(time.perf_counter() - started))
     _save(out, result)

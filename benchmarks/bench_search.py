@@ -41,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16, help="oracle batch")
     p.add_argument("--device", default="cpu", help="cpu or a CUDA index")
     p.add_argument("--compression", default="global", choices=["global", "backbone"], help="units searched")
+    p.add_argument("--backbone-layers", type=int, default=10, help="with --compression backbone: layers searched")
     p.add_argument("--chunks", default="0", help="comma list of candidates per pass R (0: the device's default)")
     p.add_argument("--profile", action="store_true", help="profile one more engine run (first R)")
     p.add_argument("--skip-naive", action="store_true", help="time the engine only")
@@ -67,7 +68,7 @@ def main() -> None:
     model = pagcp.load_model(args.weights, device=device)
     problem = yolo_problem(model, image_files(cfg["val"]), args.img, args.batch, args.subset, 0, device)
     graph = pagcp.trace(model, problem.example_input())
-    settings = PruneSettings(compression=args.compression)
+    settings = PruneSettings(compression=args.compression, backbone_layers=args.backbone_layers)
     chunks = [int(c) for c in args.chunks.split(",")]
     runs = {c: engine_run(problem, graph, settings, args.img, c) for c in chunks}
     engine_s, search, keep = runs[chunks[0]]

@@ -59,9 +59,9 @@ DRY_STEPS = (
     ("kernels", "{py} benchmarks/compare_ops.py --device cpu --batch 1 --rs 1,2 --layers 8x16x16 --repeat 1 "
                 "--ops bn_act,stats --copy-mib 8 --json {tmp}/kernels.json", 300),
     ("search", "{py} benchmarks/bench_search.py --weights yolov5n --img 64 --subset 4 --batch 4 "
-               "--compression backbone --data {data} --json", 600),
+               "--compression backbone --backbone-layers 4 --data {data} --json", 600),
     ("precision", "{py} benchmarks/bench_precision.py --weights yolov5n --img 64 --subset 8 --batch 8 --device cpu "
-                  "--dtypes bf16 --compression backbone --data {data} --json", 600),
+                  "--dtypes bf16 --compression backbone --backbone-layers 4 --data {data} --json", 600),
     ("finetune", "{py} -m pagcp.train --weights yolov5n-demo --data {data} --epochs 1 --img 96 --batch 8 "
                  "--device cpu --project {tmp}/train --json", 300),
 )  # fmt: skip

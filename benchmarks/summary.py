@@ -2,8 +2,8 @@
 
     python benchmarks/summary.py            # rewrite the section between the README's results markers
     python benchmarks/summary.py --check    # exit 1 when the README differs from what the JSON files say
-    python benchmarks/summary.py --record-prune RUN_DIR --wall SECONDS [--command "..."]
-        # store a finished `python -m pagcp.prune` run as results/prune_default.json
+    python benchmarks/summary.py --record-prune RUN_DIR --wall SECONDS [--command "..."] [--as NAME]
+        # store a finished `python -m pagcp.prune` run as results/prune_NAME.json (default: prune_default)
 
 Every figure in the summary comes from one of these files, with the date and machine it was measured on, so
 the README cannot drift from the measurements (tests/test_readme.py runs ``--check``). Lab notes (load,
@@ -39,7 +39,9 @@ def _prune_rows(p: dict[str, Any]) -> list[str]:
     if "pruned" in latency:
         o, q = latency["original"]["median_ms"], latency["pruned"]["median_ms"]
         speed = f"; ONNX Runtime CPU latency {o:.1f} → {q:.1f} ms ({o / q:.2f}×)"
-    return [f"| the default job | `{p['command']}` | yolov5n-demo at 320 px, oracle on 64 train images: GFLOPs "
+    what = "the default job" if p["command"] == "python -m pagcp.prune" else "a prune run"
+    return [f"| {what} | `{p['command']}` | {r.get('weights', 'yolov5n-demo')} at {r['img_size']} px, oracle on "
+            f"{r['subset']} {r['oracle_split']} images: GFLOPs "
             f"{r['gflops_before']:.3f} → {r['gflops_after']:.3f} ({r['gflops_after'] / r['gflops_before']:.0%}), "
             f"params {r['params_before'] / 1e6:.2f} M → {r['params_after'] / 1e6:.2f} M; mAP50-95 "
             f"{r['map50_95_before']:.3f} → {r['map50_95_after']:.3f} pruned → {r['map50_95_finetuned']:.3f} after one "
@@ -64,12 +66,17 @@ def _search_rows(s: dict[str, Any]) -> list[str]:
     return rows
 
 
-def _quality_table(q: dict[str, Any]) -> list[str]:
+def _quality_table(q: dict[str, Any], name: str) -> list[str]:
     if not q.get("runs"):  # a benchmark still running: its rows are not final
         return []
     run = q["runs"][-1]
     st = q["settings"]
-    lines = ["", f"**Quality at matched GFLOPs and the same fine-tuning** (`python benchmarks/bench_quality.py`; "
+    command = "python benchmarks/bench_quality.py"
+    if name != "quality":  # another model: the flags that differ from the defaults
+        targets = sorted({r["target"] for r in q["rows"] if r["target"]}, reverse=True)
+        command += f" --weights {st['weights']} --targets {','.join(f'{t:g}' for t in targets)}"
+        command += f" --epochs {st['epochs']} --cycles {st['cycles']} --out benchmarks/results/{name}.json"
+    lines = ["", f"**{st['weights']}: quality at matched GFLOPs and the same fine-tuning** (`{command}`; "
              f"{run['date']}, {run['machine']}): every method fine-tuned {st['epochs']} epochs on the "
              f"2,000 demo train images (`--hyp {st['hyp']}`, batch {st['batch']}); PAGCP's oracle on {st['subset']} "
              "train images, its cycles (one epoch each) counted in its budget; mAP50-95 on the 500 val images.", "",
@@ -81,7 +88,7 @@ def _quality_table(q: dict[str, Any]) -> list[str]:
         name = f"**{r['method']}**" if r["method"] == "pagcp" else r["method"]
         lines.append(f"| {target} | {name} | {r['gflops']:.3f}{vs} | {r['params']:,} | {r['map50_95_finetuned']:.4f} | "
                      f"{r['map50_finetuned']:.4f} | {r.get('cycles', '')} |")  # fmt: skip
-    return [*lines, "", "![mAP50-95 against GFLOPs](benchmarks/quality.png)"]
+    return [*lines, "", f"![{st['weights']}: mAP50-95 against GFLOPs](benchmarks/{name}.png)"]
 
 
 def _cost_rows(c: dict[str, Any]) -> list[str]:
@@ -96,6 +103,20 @@ def _cost_rows(c: dict[str, Any]) -> list[str]:
             f"| {c['date']}, {c['machine']} |"]  # fmt: skip
 
 
+def _precision_rows(p: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, r in p["rows"].items():
+        if "same_ratio" in r:
+            f32 = p["rows"]["fp32"]["seconds"]
+            command = f"python benchmarks/bench_precision.py --weights {p['weights']} --img {p['img']} " \
+                      f"--subset {p['subset']} --device cpu"  # fmt: skip
+            rows.append(f"| oracle in {name} vs fp32 | `{command}` | same ratio on {r['same_ratio']:.0%} of "
+                        f"{p['units']} units, same topk on {r['same_selected']:.0%}, GFLOPs "
+                        f"{r['gflops_rel_diff']:+.2%}; search {f32:.0f} s (fp32) vs {r['seconds']:.0f} s "
+                        f"| {p['date']}, {p['machine']} |")  # fmt: skip
+    return rows
+
+
 def _legacy_rows(legacy: dict[str, Any]) -> list[str]:
     return [f"| {r['what']} | `{r['command']}` | {r['result']} | {r['date']}, {r['machine']} |" for r in legacy["rows"]]
 
@@ -103,15 +124,15 @@ def _legacy_rows(legacy: dict[str, Any]) -> list[str]:
 def summary() -> str:
     """The markdown of the results section."""
     lines = ["| what | command | result | measured |", "|---|---|---|---|"]
-    parts = [("prune_default", _prune_rows), ("search", _search_rows), ("cost", _cost_rows),
-             ("legacy", _legacy_rows)]  # fmt: skip
+    prunes = sorted(p.stem for p in RESULTS.glob("prune_*.json"))
+    parts = [*((name, _prune_rows) for name in prunes), ("search", _search_rows), ("cost", _cost_rows),
+             ("precision", _precision_rows), ("legacy", _legacy_rows)]  # fmt: skip
     for name, render in parts:
         data = _load(name)
         if data is not None:
             lines += render(data)
-    quality = _load("quality")
-    if quality is not None:
-        lines += _quality_table(quality)
+    for name in sorted(p.stem for p in RESULTS.glob("quality*.json")):
+        lines += _quality_table(_load(name), name)
     return "\n".join(lines)
 
 
@@ -134,19 +155,20 @@ def write_readme(check: bool) -> int:
     return 0
 
 
-def record_prune(run_dir: str, wall: float, command: str) -> None:
-    """results/prune_default.json from a finished prune run's report.json."""
+def record_prune(run_dir: str, wall: float, command: str, name: str) -> None:
+    """results/prune_NAME.json from a finished prune run's report.json."""
     report = json.loads((Path(run_dir) / "report.json").read_text())
     keep = {k: report[k] for k in ("gflops_before", "gflops_after", "params_before", "params_after",
                                    "map50_95_before", "map50_95_after", "map50_95_finetuned", "map50_before",
                                    "map50_after", "map50_finetuned", "evaluations", "search_seconds", "stop_rule",
-                                   "oracle_split", "subset", "img_size", "latency")}  # fmt: skip
+                                   "oracle_split", "subset", "img_size", "latency", "weights")
+            if k in report}  # fmt: skip
     load = os.getloadavg()[0]
     out = {"command": command, "wall_s": wall, "report": keep, "load_average_1min_at_record": load,
            "date": time.strftime("%Y-%m-%d", time.gmtime()),
            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores"}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "prune_default.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"prune_{name}.json").write_text(json.dumps(out, indent=1))
 
 
 def main() -> int:
@@ -155,9 +177,10 @@ def main() -> int:
     p.add_argument("--record-prune", metavar="RUN_DIR", help="store this prune run as results/prune_default.json")
     p.add_argument("--wall", type=float, default=0.0, help="the run's wall seconds (with --record-prune)")
     p.add_argument("--command", default="python -m pagcp.prune", help="the run's command (with --record-prune)")
+    p.add_argument("--as", dest="name", default="default", help="stored as results/prune_NAME.json")
     args = p.parse_args()
     if args.record_prune:
-        record_prune(args.record_prune, args.wall, args.command)
+        record_prune(args.record_prune, args.wall, args.command, args.name)
         return 0
     return write_readme(args.check)
 

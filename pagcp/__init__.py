@@ -5,6 +5,8 @@ Top-level API (imported lazily so that ``import pagcp`` stays cheap and never fa
 - ``load_model(spec, nc=None, device="cpu")`` / ``save_model(model, path, **meta)`` / ``model_stats(model)``
 - ``trace(model, example_input)`` -> channel graph (units, keep-masks, masked execution, slicing)
 - ``prune(model, loss_fn, batches, example_input, **settings)`` -> PAGCP on any traceable CNN
+- ``load_ultralytics(spec, nc=None)`` / ``save_ultralytics(model, path, **meta)``: Ultralytics YOLOv8 / YOLO11
+  detectors (model yaml, ``.pt`` through an allow-listing unpickler; saved in Ultralytics' own format)
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "pagcp.models.checkpoint",
+    "load_model": "pagcp.models.loading",
     "save_model": "pagcp.models.checkpoint",
     "model_stats": "pagcp.models.stats",
     "trace": "pagcp.graph",
     "prune": "pagcp.engine.api",
+    "load_ultralytics": "pagcp.models.ultralytics_io",
+    "save_ultralytics": "pagcp.models.ultralytics_io",
     "PagcpError": "pagcp.errors",
 }
 

@@ -109,6 +109,14 @@ def test_ap_per_class_and_summary():
     assert summary["recall"] == pytest.approx(2 / 3, abs=0.01)
 
 
+def test_no_detection_at_all_scores_zero():
+    """A model that detects nothing on any image (e.g. pruned to bits) scores 0, not an error."""
+    stats = ap_per_class(np.zeros((0,), dtype=bool), np.zeros(0), np.zeros(0), np.array([0, 1, 1]))
+    assert stats["classes"].tolist() == [0, 1] and stats["ap"].shape == (2, 10) and float(stats["ap"].sum()) == 0
+    summary = summarize(stats)
+    assert summary["map50"] == 0 and summary["map50_95"] == 0 and summary["precision"] == 0
+
+
 def test_scale_boxes_undoes_letterbox():
     # a 100x50 (w x h) image letterboxed to 64x64: gain 0.64, 16 rows of padding on top
     boxes = torch.tensor([[6.4, 16.0 + 3.2, 32.0, 16.0 + 32.0]])

@@ -115,6 +115,8 @@ def test_ctrl_c_then_resume_gives_the_same_decisions(finished, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job starts with SIGINT ignored, and Python keeps it so: give the run Ctrl-C back
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     state = runs / "exp" / "state.json"
     deadline = time.time() + 600

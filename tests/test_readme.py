@@ -7,6 +7,7 @@ cannot silently fall out of date.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -23,6 +24,7 @@ SMALLER = {
     'load_data_config("demo")': 'load_data_config("demo:train=16,val=24,img=96")',
     "img_size=320": "img_size=96",
     "subset=64": "subset=16",
+    "imgsz=320": "imgsz=96",
 }
 
 
@@ -38,6 +40,8 @@ def test_the_readme_has_python_blocks():
 def test_readme_block_runs(block: str, tmp_path):
     if "load_digits" in block:
         pytest.skip("run, with its figures checked, by test_the_digits_example_prunes_and_recovers")
+    if "ultralytics" in block and importlib.util.find_spec("ultralytics") is None:
+        pytest.skip("needs the ultralytics package (pip install 'pagcp[ultralytics]')")
     for text, small in SMALLER.items():
         if text in block:
             block = block.replace(text, small)

@@ -67,8 +67,8 @@ class ValidationCache:
             figures = None
             if is_main_process():
                 log.info("validating the %s model (val split of %s, %d px)", label, self.args.data, self.job.img)
-                r = evaluate(model, self.job.cfg, img_size=self.job.img, batch_size=32, device=self.job.device,
-                             workers=self.args.workers, progress=True)  # fmt: skip
+                r = evaluate(self.job.family.for_validation(model), self.job.cfg, img_size=self.job.img, batch_size=32,
+                             device=self.job.device, workers=self.args.workers, progress=True)  # fmt: skip
                 figures = {"map50": r["map50"], "map50_95": r["map50_95"]}
             self.done[label] = broadcast_object(figures)
             if is_main_process():
@@ -82,6 +82,7 @@ class PruneRun:
     def __init__(self, args: argparse.Namespace, job: Any, settings: PruneSettings, run_dir: Path):
         self.args, self.job, self.settings, self.run_dir = args, job, settings, run_dir
         self.cycles = max(1, args.cycles)
+        self.family = job.family
         self.validate = ValidationCache(run_dir / "validation.json", job, args)
         self.flops_original = 0.0
         self.last_cycle = 0
@@ -111,20 +112,20 @@ class PruneRun:
             records.append(self._record(c, pruned, result, after, tuned if epochs > 0 else None))
             if "reached" in result.stop_rule and "not reached" not in result.stop_rule:
                 break
-        final = self._final(pruned, model, records)
+        final, stop_rule = self._final(pruned, model, records), self._stop_rule(records)
+        if "not reached" in stop_rule:
+            log.warning("%s", stop_rule)
         return {**final, "map50_before": before["map50"], "map50_95_before": before["map50_95"],
-                "cycles": [dataclasses.asdict(r) for r in records], "stop_rule": self._stop_rule(records),
+                "cycles": [dataclasses.asdict(r) for r in records], "stop_rule": stop_rule,
                 "result": results[-1], "evaluations": sum(r.evaluations for r in records),
                 "search_seconds": sum(r.search_seconds for r in records)}  # fmt: skip
 
     def _final(self, pruned: nn.Module, model: nn.Module, records: list[CycleRecord]) -> dict[str, Any]:
         """With cycles: the last cycle's pruned model at the top, and the final fine-tune of the last model."""
-        from pagcp import save_model
-
         tuned_figures = None
         if self.cycles > 1:
             if is_main_process() and not (self.run_dir / "pruned.pt").is_file():
-                save_model(pruned, self.run_dir / "pruned.pt", **self._meta(pruned))
+                self.family.save(pruned, self.run_dir / "pruned.pt", **self._meta(pruned))
             if self.args.finetune_epochs > 0:
                 model = self._finetune(model, self.run_dir, self.args.finetune_epochs, None)
                 tuned_figures = self.validate(model, "fine-tuned")
@@ -161,21 +162,23 @@ class PruneRun:
         write_text_atomic(self.run_dir / "oracle_images.txt", "".join(f"{f}\n" for f in chosen))
 
     def _cycle_settings(self, c: int, model_gflops: float) -> PruneSettings:
-        """Round r + c; the target as a fraction of this cycle's model; one round per cycle with cycles."""
+        """Round r + c; the target as a fraction of this cycle's model; one round per cycle with cycles (the last
+        cycle, with a target, up to --max-rounds rounds so that the run ends at the target)."""
         s = self.settings
         target = s.target_gflops
         if target is not None:
             target = min(target * self.flops_original / model_gflops, 0.999999)
         if self.cycles == 1:
             return s
-        return dataclasses.replace(s, round=s.round + c, target_gflops=target, max_rounds=1)
+        # one round per cycle; the last cycle may run rounds back to back (--max-rounds) to meet a target
+        rounds = s.max_rounds if c == self.cycles - 1 and target is not None else 1
+        return dataclasses.replace(s, round=s.round + c, target_gflops=target, max_rounds=rounds)
 
     def _search(self, c: int, model: nn.Module):
         """The cycle's search (continued from its state file when there is one); returns (result, pruned)."""
-        from pagcp import model_stats, save_model
+        from pagcp import model_stats
         from pagcp.engine.oracle import ORACLE_DTYPES
         from pagcp.engine.progress import SearchProgress
-        from pagcp.engine.yolo import yolo_problem
 
         args, job, folder = self.args, self.job, self.cycle_dir(c)
         folder.mkdir(parents=True, exist_ok=True)
@@ -186,8 +189,8 @@ class PruneRun:
                      settings.round, gflops, gflops / self.flops_original)  # fmt: skip
         oracle_batch = 2 * args.batch if settings.compat == "reference" else args.batch
         rank, world, _ = distributed_env()
-        problem = yolo_problem(model, job.files, job.img, oracle_batch, args.subset, args.seed, job.device,
-                               args.workers, shard=(rank, world))  # fmt: skip
+        problem = self.family.problem(model, job.files, job.img, oracle_batch, args.subset, args.seed, job.device,
+                                      args.workers, (rank, world))  # fmt: skip
         problem.dtype = ORACLE_DTYPES[args.oracle_dtype]
         checksum = float(sum(p.detach().double().abs().sum() for p in model.parameters()))
         fingerprint = {"weights": str(args.weights), "data": str(args.data), "img": job.img, "subset": args.subset,
@@ -205,7 +208,7 @@ class PruneRun:
             raise
         pruned = result.model.eval()
         if is_main_process() and not (folder / "pruned.pt").is_file():
-            save_model(pruned, folder / "pruned.pt", **self._meta(pruned))
+            self.family.save(pruned, folder / "pruned.pt", **self._meta(pruned))
         return result, pruned
 
     def _meta(self, model: nn.Module) -> dict[str, Any]:
@@ -215,40 +218,20 @@ class PruneRun:
 
     def _finetune(self, model: nn.Module, folder: Path, epochs: int, c: int | None) -> nn.Module:
         """``epochs`` of fine-tuning into ``folder``/finetune (continued when interrupted) -> finetuned.pt."""
-        from pagcp import load_model, save_model
-        from pagcp.models.checkpoint import load_checkpoint_file
-        from pagcp.training.loop import train
-        from pagcp.training.settings import TrainSettings
-        from pagcp.training.state import read_train_state
-
-        done, last = folder / "finetuned.pt", folder / "finetune" / "weights" / "last.pt"
+        done = folder / "finetuned.pt"
         if epochs <= 0:
             return model
         barrier()  # every process sees the same files (rank 0 writes them)
         if done.is_file():
-            return load_model(done, device=self.job.device)
+            return self.family.load(done, self.job.device)
+        source = folder / "pruned.pt"
+        if c is None:  # the final fine-tune starts from the last cycle's model
+            last_cycle = self.cycle_dir(self.last_cycle)
+            source = next(p for p in (last_cycle / "finetuned.pt", last_cycle / "pruned.pt", source) if p.is_file())
         what = "the final fine-tune" if c is None else f"cycle {c + 1}'s fine-tune"
-        state = load_checkpoint_file(last).meta.get("train_state") if last.is_file() else None
-        if state and state["epoch"] + 1 < state["settings"]["epochs"]:
-            tuned, state = read_train_state(last)
-            log.info("continuing %s from %s (epoch %d of %d done)", what, last, state["epoch"] + 1,
-                     state["settings"]["epochs"])  # fmt: skip
-            result = train(tuned, self.args.data, TrainSettings(**state["settings"]), resume_state=state)
-            tuned = result["model"].float().eval()
-        elif last.is_file():  # every epoch had finished (last.pt holds their EMA weights); only the files after not
-            tuned = load_model(last, device=self.job.device)
-        else:
-            source = folder / "pruned.pt"
-            if c is None:  # the final fine-tune starts from the last cycle's model
-                last_cycle = self.cycle_dir(self.last_cycle)
-                source = next(p for p in (last_cycle / "finetuned.pt", last_cycle / "pruned.pt", source) if p.is_file())
-            a = self.args
-            s = TrainSettings(epochs=epochs, img_size=self.job.img, batch_size=a.finetune_batch, device=a.device,
-                              hyp=a.hyp, workers=a.workers, project=str(folder), name="finetune", exist_ok=True,
-                              weights=str(source), data=str(a.data))  # fmt: skip
-            tuned = train(model.train(), a.data, s)["model"].float().eval()
+        tuned = self.family.finetune(model, folder, epochs, self.args, self.job.img, source, what)
         if is_main_process():
-            save_model(tuned, done, **self._meta(tuned))
+            self.family.save(tuned, done, **self._meta(tuned))
         return tuned
 
     def _record(self, c: int, pruned: nn.Module, result: Any, after: dict, tuned: dict | None) -> CycleRecord:

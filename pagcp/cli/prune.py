@@ -9,6 +9,7 @@ The search itself is :func:`pagcp.engine.api.prune` (the Python API) over the YO
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -180,11 +181,13 @@ class Job:
     files: list[str]
     img: int
     device: torch.device
+    family: Any  # pagcp.cli.families.YoloV5Family or UltralyticsFamily
 
 
 def _load_job(args: argparse.Namespace) -> Job:
     """Load and check model and data; every error here comes before any run folder exists."""
     from pagcp import load_model
+    from pagcp.cli.families import family_of
     from pagcp.data import image_files, load_data_config
     from pagcp.devices import distributed_env, select_device
     from pagcp.engine.yolo import model_stride
@@ -212,8 +215,13 @@ def _load_job(args: argparse.Namespace) -> Job:
             f"--subset {args.subset} is larger than the {split} split of {args.data} ({len(files)}"
             f" images); use --subset all or at most {len(files)}"
         )
+    family = family_of(model=model)
+    if family.name == "ultralytics" and world > 1:
+        raise ConfigError(f"--weights {args.weights}: Ultralytics models are pruned by one process (not torchrun)")
+    if family.name == "ultralytics" and args.chunk > 1:
+        raise ConfigError(f"--chunk {args.chunk}: Ultralytics models are searched one candidate per pass")
     stride = model_stride(model)
-    return Job(model, cfg, files, image_size(args.img, stride), device)
+    return Job(model, cfg, files, image_size(args.img, stride), device, family)
 
 
 def _new_run(args: argparse.Namespace) -> Path:
@@ -257,6 +265,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return json.loads((run_dir / "report.json").read_text())
     settings = settings_from_args(args)
     job = _load_job(args)
+    settings = dataclasses.replace(settings, backbone_layers=job.family.backbone_layers(job.model))
     if run_dir is None:  # the main process makes the folder; every process uses it
         run_dir = Path(broadcast_object(str(_new_run(args)) if is_main_process() else None))
     subset_text = "all" if args.subset is None else args.subset
@@ -292,13 +301,13 @@ def _latency(args: argparse.Namespace, job: Job, final_model, run_dir: Path) -> 
     """ONNX files of the original and final models and their ONNX Runtime CPU latency, side by side."""
     if not args.latency:
         return None
-    from pagcp.deploy import compare_latency, export_onnx
+    from pagcp.deploy import compare_latency
 
     try:
         onnx = {"original": run_dir / "original.onnx", "pruned": run_dir / "pruned.onnx"}
         for name, model in (("original", job.model), ("pruned", final_model)):
             if not onnx[name].is_file():
-                export_onnx(model, onnx[name], img_size=job.img)
+                job.family.export_onnx(model, onnx[name], job.img)
         log.info("measuring ONNX Runtime CPU latency (batch 1, %d px) of the original and the pruned model", job.img)
         times = compare_latency(onnx, job.img, runs=LATENCY_RUNS, warmup=5)
     except ConfigError as e:  # onnx / onnxruntime missing

@@ -20,7 +20,7 @@ from pagcp.cli.common import Parser, guarded
 from pagcp.data import load_data_config
 from pagcp.devices import distributed_env, init_distributed, select_device
 from pagcp.errors import ConfigError
-from pagcp.models.checkpoint import load_model
+from pagcp.models.loading import load_model
 from pagcp.training.loop import train
 from pagcp.training.settings import TrainSettings
 from pagcp.training.state import latest_run_checkpoint, read_train_state, seed_everything

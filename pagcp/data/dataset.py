@@ -195,7 +195,9 @@ class YoloDataset(Dataset):
         for f in tqdm(files, desc=f"{self.prefix}scanning", unit="img", disable=None, leave=False):
             try:
                 size = _image_size(f)
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, ImportError) as e:
+                # ImportError: Ultralytics, once imported, retries unreadable images with an optional HEIF
+                # plugin and raises when that is not installed; the image is unreadable either way
                 problems.counts["unreadable images"] += 1
                 LOGGER.warning("%s%s: unreadable image skipped (%s)", self.prefix, f, e)
                 continue

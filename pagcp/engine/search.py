@@ -318,7 +318,7 @@ class Search:
         if rounds_done >= s.max_rounds or not any(d["selected"] for d in st.decisions):
             why = f"--max-rounds {s.max_rounds} used" if rounds_done >= s.max_rounds else "a round selected no unit"
             st.stop_rule = f"target {s.target_gflops:g} x not reached ({why}): {fraction:.4f} x"
-            log.warning("%s", st.stop_rule)
+            log.info("%s", st.stop_rule)  # a round of a cycle run is not the end: the caller warns at the end
             return False
         st.round += 1
         st.order, st.position, st.decisions = [], 0, []

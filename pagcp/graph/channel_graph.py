@@ -22,8 +22,9 @@ import torch
 from torch import fx, nn
 
 from pagcp.errors import ConfigError, PagcpError
-from pagcp.graph.channels import ChannelAnalysis, ModuleChannels, detect_like_consumers
+from pagcp.graph.channels import ChannelAnalysis, ModuleChannels
 from pagcp.graph.counts import Counter
+from pagcp.graph.heads import leaf_head_consumers
 from pagcp.graph.keep import Keep, KeepLayout, PrunePlan
 from pagcp.graph.masks import masked
 from pagcp.graph.shapes import ConvCall, propagate_shapes
@@ -54,7 +55,7 @@ class ChannelGraph:
         record = propagate_shapes(gm, inputs, self._names)
         self.node_shapes = record.node_shapes
         self._conv_calls: dict[tuple, dict[str, list[ConvCall]]] = {self._shape_key(inputs): record.conv_calls}
-        analysis = ChannelAnalysis(gm, record, detect_like_consumers).run()
+        analysis = ChannelAnalysis(gm, record, leaf_head_consumers).run()
         table = build_units(analysis)
         self.units: list[Unit] = table.units
         self.modules: dict[str, ModuleChannels] = table.modules

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from pagcp.graph.heads import HeadReads
 from pagcp.graph.op_rules import (
     BATCH_NORMS,
     CATS,
@@ -86,19 +87,8 @@ def _normalize_dim(dim: int, ndim: int) -> int:
     return dim + ndim if dim < 0 else dim
 
 
-LeafConsumers = Callable[[str, nn.Module, list[torch.Tensor]], "list[tuple[str, nn.Conv2d]] | None"]
-
-
-def detect_like_consumers(name: str, module: nn.Module, inputs: list[torch.Tensor]):
-    """Consumer convs of a YOLO-style head: input i feeds the 1x1 Conv2d ``m[i]``; None if not that shape."""
-    convs = getattr(module, "m", None)
-    if not isinstance(convs, nn.ModuleList) or len(convs) != len(inputs):
-        return None
-    if not all(isinstance(c, nn.Conv2d) and c.groups == 1 for c in convs):
-        return None
-    if any(c.in_channels != len(ids) for c, ids in zip(convs, inputs)):
-        return None
-    return [(f"{name}.m.{i}", c) for i, c in enumerate(convs)]
+#: a leaf module's reads of its inputs (see :mod:`pagcp.graph.heads`); None: the leaf is opaque
+LeafConsumers = Callable[[str, nn.Module, list[torch.Tensor]], "HeadReads | None"]
 
 
 class ChannelAnalysis:
@@ -362,11 +352,13 @@ class ChannelAnalysis:
             return self._elementwise(node, node.args)
         if not is_torch_nn_module(module):
             inputs = _tensors(self._layout((node.args, tuple(node.kwargs.values()))))
-            convs = self.leaf_consumers(name, module, inputs)
-            if convs is not None:
-                for (conv_name, conv), ids in zip(convs, inputs):
+            reads = self.leaf_consumers(name, module, inputs)
+            if reads is not None:
+                for i, reason in reads.pinned.items():
+                    self.uf.pin(inputs[i], reason)
+                for conv_name, conv, i in reads.convs:
                     outs = self.uf.new(conv.out_channels, f"output of leaf module {name}")
-                    self._record(conv_name, "conv", conv, ids, outs)
+                    self._record(conv_name, "conv", conv, inputs[i], outs)
                 return self._fresh(out, f"output of leaf module {name}")
             return self._opaque(node, f"leaf module {name} ({type(module).__name__})")
         return self._opaque(node, f"module {name} ({type(module).__name__})")

@@ -2,11 +2,13 @@
 
 Conv2d, BatchNorm and activations are leaves as usual, so are YOLO ``Detect`` heads (recognised by class
 name, whatever zoo they come from) and any module named in ``leaf_modules``. When fx fails, the error names
-the innermost module it was tracing and how to make it a leaf.
+the innermost module it was tracing and how to make it a leaf. A forward that takes ``*args`` / ``**kwargs``
+(Ultralytics' ``forward(x, *args, **kwargs)``) is traced as called with the example inputs alone.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,6 +20,15 @@ from pagcp.errors import TraceError
 from pagcp.graph.channel_graph import ChannelGraph
 
 LeafSpec = str | type
+
+
+class _Proxy(fx.Proxy):
+    """A proxy whose ``len()`` is known when the code fixes it (the pieces of ``x.chunk(2, 1)``), so that
+    ``list(x.chunk(2, 1))`` traces; any other ``len()`` fails as in fx."""
+
+    def __len__(self) -> int:
+        n = _pieces(self.node)
+        return n if n is not None else super().__len__()
 
 
 class _Tracer(fx.Tracer):
@@ -37,6 +48,17 @@ class _Tracer(fx.Tracer):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
+
+    def iter(self, obj: fx.Proxy) -> Any:
+        """Unpacking a chunk/split whose piece count is fixed in the code (``a, b = x.chunk(2, 1)``,
+        ``list(x.split([4, 4], 1))``): one getitem per piece; anything else fails as in fx."""
+        n = _pieces(obj.node)
+        if n is None:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(n)])
+
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         self.stack.append((self.path_of_module(m), type(m).__name__))
         try:
@@ -49,14 +71,64 @@ class _Tracer(fx.Tracer):
             self.stack.pop()
 
 
+def _pieces(node: fx.Node) -> int | None:
+    """How many tensors a chunk/split node returns when its code fixes it, else None."""
+    if node.op == "call_method" and node.target in ("chunk", "split", "tensor_split"):
+        name, rest, kwargs = node.target, node.args[1:], node.kwargs
+    elif node.op == "call_function" and node.target in (torch.chunk, torch.split, torch.tensor_split):
+        name, rest, kwargs = node.target.__name__, node.args[1:], node.kwargs
+    else:
+        return None
+    keyword = {"chunk": "chunks", "split": "split_size_or_sections", "tensor_split": "indices_or_sections"}[name]
+    spec = rest[0] if rest else kwargs.get(keyword, kwargs.get("split_size"))
+    if name == "chunk" and isinstance(spec, int):
+        return spec  # chunk(n) of a dim of at least n
+    if isinstance(spec, (list, tuple)) and all(isinstance(v, int) for v in spec):
+        return len(spec) + (name == "tensor_split")
+    if name == "tensor_split" and isinstance(spec, int):
+        return spec
+    return None
+
+
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def _fixed_arity_root(model: nn.Module, n_inputs: int) -> nn.Module:
+    """``model`` itself, or, when its forward takes ``*args``/``**kwargs`` (fx would hand it a proxy to unpack),
+    a shallow view of it (the same submodules, parameters and names) whose forward takes exactly the inputs."""
+    params = inspect.signature(model.forward).parameters.values()
+    if not any(p.kind in _VARIADIC for p in params):
+        return model
+    cls = type(model)
+    if n_inputs == 1:
+
+        def forward(self, input0):
+            return cls.forward(self, input0)
+
+    elif n_inputs == 2:
+
+        def forward(self, input0, input1):
+            return cls.forward(self, input0, input1)
+
+    else:
+        raise TraceError(
+            f"{cls.__name__}.forward takes *args/**kwargs; pagcp traces such a forward with one or two example "
+            f"inputs, not {n_inputs}"
+        )
+    view = copy.copy(model)  # a new object sharing _modules/_parameters/_buffers with model
+    view.__class__ = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__})
+    return view
+
+
 def _symbolic_trace(model: nn.Module, n_inputs: int, leaf_modules: Iterable[LeafSpec]) -> fx.GraphModule:
     names = {spec for spec in leaf_modules if isinstance(spec, str)}
     types = tuple(spec for spec in leaf_modules if isinstance(spec, type))
     tracer = _Tracer(names, types)
-    params = list(inspect.signature(model.forward).parameters.values())[n_inputs:]
+    root = _fixed_arity_root(model, n_inputs)
+    params = list(inspect.signature(root.forward).parameters.values())[n_inputs:]
     concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
     try:
-        graph = tracer.trace(model, concrete_args=concrete or None)
+        graph = tracer.trace(root, concrete_args=concrete or None)
     except Exception as e:
         if not tracer.failed_in:
             raise TraceError(

@@ -1,4 +1,4 @@
-"""Loading and saving models: bundled configs, yaml files, official YOLOv5 ``.pt`` files, pagcp checkpoints.
+"""YOLOv5 checkpoint files: bundled checkpoints, official YOLOv5 ``.pt`` files, pagcp checkpoints (read and written).
 
 pagcp's own checkpoint is a plain dict (no pickled classes, ``torch.load(weights_only=True)`` reads it)::
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from pagcp.errors import CheckpointError, ConfigError, UnsafePickleError
 from pagcp.models.safe_pickle import safe_pickle_module
-from pagcp.models.yolo import CONFIG_DIR, Model, bundled_configs
+from pagcp.models.yolo import Model
 
 FORMAT = "pagcp"
 VERSION = 1
@@ -156,31 +156,6 @@ def load_checkpoint_file(path: str | Path, nc: int | None = None) -> Model:
     return _load_official(path, nc)
 
 
-def load_model(spec: str | Path, nc: int | None = None, device: str | torch.device = "cpu") -> Model:
-    """Load a YOLOv5 model in eval mode, float32, on ``device``.
-
-    ``spec``: a bundled config name ('yolov5s', 'yolov5m-v5'), a bundled checkpoint name ('yolov5n-demo'),
-    a model yaml path, an official YOLOv5 ``.pt`` file (v5.0 to v7.0) or a pagcp checkpoint.
-    ``nc`` sets the class count of a config; for a checkpoint it must match the file's.
-    """
-    text = str(spec)
-    path = Path(text)
-    if path.suffix in (".yaml", ".yml") or (not path.exists() and (CONFIG_DIR / f"{text}.yaml").exists()):
-        if path.suffix and not path.exists():
-            raise ConfigError(f"{path}: model yaml not found")
-        model = Model(path if path.exists() else text, nc=nc)
-    elif path.exists() or path.suffix in (".pt", ".pth") or os.sep in text:
-        model = load_checkpoint_file(path, nc)
-    elif text in bundled_weights():
-        model = load_checkpoint_file(WEIGHTS_DIR / f"{text}.pt", nc)
-    else:
-        raise CheckpointError(
-            f"{text}: no such file, and not a bundled model; bundled configs: {', '.join(bundled_configs())}; "
-            f"bundled checkpoints: {', '.join(bundled_weights()) or 'none'}"
-        )
-    return model.to(device).float().eval()
-
-
 def _check_meta(value: Any, key: str) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -214,15 +189,20 @@ def save_model(model: nn.Module, path: str | Path, **meta: Any) -> Path:
         "names": list(getattr(model, "names", [])),
         "meta": {k: _check_meta(v, k) for k, v in meta.items()},
     }
+    torch_save_atomic(ckpt, path)
+    return path
+
+
+def torch_save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename, with the usual file mode (not mkstemp's 0600)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     try:
-        torch.save(ckpt, tmp)
+        torch.save(obj, tmp)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make checkpoints private to their writer
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
