@@ -39,7 +39,7 @@ def _prune_rows(p: dict[str, Any]) -> list[str]:
     if "pruned" in latency:
         o, q = latency["original"]["median_ms"], latency["pruned"]["median_ms"]
         speed = f"; ONNX Runtime CPU latency {o:.1f} → {q:.1f} ms ({o / q:.2f}×)"
-    what = "the default job" if p["command"] == "python -m pagcp.prune" else "a prune run"
+    what = "the default job" if p["command"] == "python -m pagcp.prune" else f"pruning {r.get('weights')}"
     return [f"| {what} | `{p['command']}` | {r.get('weights', 'yolov5n-demo')} at {r['img_size']} px, oracle on "
             f"{r['subset']} {r['oracle_split']} images: GFLOPs "
             f"{r['gflops_before']:.3f} → {r['gflops_after']:.3f} ({r['gflops_after'] / r['gflops_before']:.0%}), "

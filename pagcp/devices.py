@@ -44,7 +44,8 @@ def describe_device(device: torch.device) -> str:
         props = torch.cuda.get_device_properties(device)
         return f"{device} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
     if not torch.cuda.is_available():
-        return f"cpu ({torch.get_num_threads()} threads; no CUDA device visible)"
+        n = torch.get_num_threads()
+        return f"cpu ({n} thread{'s' if n != 1 else ''}; no CUDA device visible)"
     return f"cpu ({torch.get_num_threads()} threads)"
 
 

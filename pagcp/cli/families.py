@@ -143,11 +143,17 @@ class UltralyticsFamily(YoloV5Family):
     def export_onnx(self, model: nn.Module, path: Path, img: int) -> Path:
         """Ultralytics' own ONNX export of the model (the file Ultralytics users deploy)."""
         from ultralytics import YOLO
+        from ultralytics.utils import LOGGER
 
-        with tempfile.TemporaryDirectory() as tmp:
-            source = self.save(model, Path(tmp) / f"{path.stem}.pt")
-            made = YOLO(str(source)).export(format="onnx", imgsz=img, simplify=False)
-            shutil.move(str(made), path)
+        level = LOGGER.level
+        LOGGER.setLevel(logging.WARNING)  # its export banner would land on stdout, before a --json line
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                source = self.save(model, Path(tmp) / f"{path.stem}.pt")
+                made = YOLO(str(source)).export(format="onnx", imgsz=img, simplify=False)
+                shutil.move(str(made), path)
+        finally:
+            LOGGER.setLevel(level)
         return path
 
 

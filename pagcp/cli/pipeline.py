@@ -108,8 +108,9 @@ class PruneRun:
             after = self.validate(pruned, "pruned" if self.cycles == 1 else f"cycle {c + 1} pruned")
             epochs = self.args.finetune_epochs if self.cycles == 1 else self.args.cycle_epochs
             model = self._finetune(pruned, self.cycle_dir(c), epochs, c)
-            tuned = self.validate(model, "fine-tuned" if self.cycles == 1 else f"cycle {c + 1} fine-tuned")
-            records.append(self._record(c, pruned, result, after, tuned if epochs > 0 else None))
+            label = "fine-tuned" if self.cycles == 1 else f"cycle {c + 1} fine-tuned"
+            tuned = self.validate(model, label) if epochs > 0 else None  # no epochs: the pruned model, validated
+            records.append(self._record(c, pruned, result, after, tuned))
             if "reached" in result.stop_rule and "not reached" not in result.stop_rule:
                 break
         final, stop_rule = self._final(pruned, model, records), self._stop_rule(records)
@@ -238,10 +239,13 @@ class PruneRun:
         from pagcp import model_stats
 
         stats = model_stats(pruned, self.job.img)
+        rule = result.stop_rule
+        if self.cycles > 1 and self.settings.target_gflops is not None and c > 0:  # the engine's are relative
+            rule += f" of cycle {c + 1}'s start = {stats['gflops'] / self.flops_original:.4f} x the original"
         return CycleRecord(
             cycle=c + 1, round=self.settings.round + (c if self.cycles > 1 else len(result.history) - 1),
             gflops=stats["gflops"], params=stats["params"], map50_pruned=after["map50"],
             map50_95_pruned=after["map50_95"], map50_finetuned=tuned["map50"] if tuned else None,
             map50_95_finetuned=tuned["map50_95"] if tuned else None, search_seconds=result.seconds,
-            evaluations=result.evaluations, stop_rule=result.stop_rule,
+            evaluations=result.evaluations, stop_rule=rule,
         )  # fmt: skip

@@ -335,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     for line in latency_lines(report.get("latency")):
         print(line.removeprefix("- "))
     print(
-        f"search: {report['evaluations']} evaluations in {report['search_seconds']:.1f} s; "
-        f"total {time.perf_counter() - started:.1f} s; results in {report['run_dir']}"
+        f"search: {report['evaluations']} evaluations in {report['search_seconds']:.1f} s (all sessions); "
+        f"this {'resumed ' if args.resume is not None else ''}session {time.perf_counter() - started:.1f} s; "
+        f"results in {report['run_dir']}"
     )
     if args.json:
         print(json.dumps(report))
