@@ -78,11 +78,13 @@ def test_report_and_checkpoint_agree(finished):
     assert report["map50_finetuned"] is None and report["subset"] == 16 and report["img_size"] == 96
     assert report["gflops_after"] < report["gflops_before"] and report["params_after"] < report["params_before"]
     assert len(report["units"]) == 50 and report["evaluations"] > 0 and report["lambda"] < 1
-    assert "fine-tuned" in stdout and "GFLOPs" in stdout
+    table = stdout.split("ended by:")[0]
+    assert "GFLOPs" in table and "  pruned " in table and "fine-tuned" not in table  # --finetune-epochs 0
     selected = sum(u["selected"] for u in report["units"])
     searched = sum(u["ratio"] > 0 for u in report["units"])
     assert re.search(rf"topk 0.8: keeping {selected} of {searched} units pruned, [0-9.]+ -> [0-9.]+ GFLOPs", log), log
     assert "validating the original model" in log and "validating the pruned model" in log
+    assert "validating the fine-tuned model" not in log  # no epochs: nothing new to validate
     md = (run_dir / "report.md").read_text()
     assert f"python -m pagcp.val --weights {run_dir / 'pruned.pt'} --data {DATA} --img 96" in md
     for u in report["units"]:

@@ -50,6 +50,8 @@ def summary_table(report: dict[str, Any]) -> str:
             report["map50_95_finetuned"],
         ),
     ]
+    if report["map50_95_finetuned"] is None:  # --finetune-epochs 0: there is no fine-tuned model
+        rows.pop()
     lines = [f"{'model':>12s} {'params':>12s} {'GFLOPs':>8s} {'mAP50':>7s} {'mAP50-95':>9s}"]
     for name, params, gflops, m50, m5095 in rows:
         lines.append(f"{name:>12s} {params:>12,d} {gflops:8.3f} {_fmt(m50, '7.4f'):>7s} {_fmt(m5095, '9.4f'):>9s}")
