@@ -75,9 +75,13 @@ def _quality_table(q: dict[str, Any], name: str) -> list[str]:
     if name != "quality":  # another model: the flags that differ from the defaults
         targets = sorted({r["target"] for r in q["rows"] if r["target"]}, reverse=True)
         command += f" --weights {st['weights']} --targets {','.join(f'{t:g}' for t in targets)}"
-        command += f" --epochs {st['epochs']} --cycles {st['cycles']} --out benchmarks/results/{name}.json"
+        used = {"tp-global" if r["method"] == "global" else r["method"] for r in q["rows"]}
+        methods = sorted(used - {"pagcp", "unpruned"})
+        command += f" --epochs {st['epochs']} --cycles {st['cycles']} --methods {','.join(methods)}"
+        command += f" --out benchmarks/results/{name}.json --plot benchmarks/{name}.png"
+    epochs = f"{st['epochs']} epoch{'' if st['epochs'] == 1 else 's'}"
     lines = ["", f"**{st['weights']}: quality at matched GFLOPs and the same fine-tuning** (`{command}`; "
-             f"{run['date']}, {run['machine']}): every method fine-tuned {st['epochs']} epochs on the "
+             f"{run['date']}, {run['machine']}): every method fine-tuned {epochs} on the "
              f"2,000 demo train images (`--hyp {st['hyp']}`, batch {st['batch']}); PAGCP's oracle on {st['subset']} "
              "train images, its cycles (one epoch each) counted in its budget; mAP50-95 on the 500 val images.", "",
              "| target | method | GFLOPs (vs PAGCP) | params | mAP50-95 fine-tuned | mAP50 fine-tuned | PAGCP cycles |",
@@ -85,9 +89,16 @@ def _quality_table(q: dict[str, Any], name: str) -> list[str]:
     for r in q["rows"]:
         target = "-" if r["target"] is None else f"{r['target']:g}×"
         vs = "" if r["method"] in ("pagcp", "unpruned") else f" ({r['gflops_vs_pagcp']:.3f})"
-        name = f"**{r['method']}**" if r["method"] == "pagcp" else r["method"]
-        lines.append(f"| {target} | {name} | {r['gflops']:.3f}{vs} | {r['params']:,} | {r['map50_95_finetuned']:.4f} | "
-                     f"{r['map50_finetuned']:.4f} | {r.get('cycles', '')} |")  # fmt: skip
+        method = f"**{r['method']}**" if r["method"] == "pagcp" else r["method"]
+        m5095, m50 = r["map50_95_finetuned"], r["map50_finetuned"]
+        lines.append(f"| {target} | {method} | {r['gflops']:.3f}{vs} | {r['params']:,} | {m5095:.4f} | {m50:.4f} | "
+                     f"{r.get('cycles', '')} |")  # fmt: skip
+    if any(r["method"] == "global" for r in q["rows"]):
+        lines += [
+            "",
+            "global: Torch-Pruning's global magnitude criterion applied on pagcp's channel graph, because "
+            "Torch-Pruning itself removed no channel of this model (its error is kept in the JSON row).",
+        ]
     return [*lines, "", f"![{st['weights']}: mAP50-95 against GFLOPs](benchmarks/{name}.png)"]
 
 
