@@ -110,6 +110,23 @@ def _flat(out) -> list[torch.Tensor]:
     return [t for item in out for t in _flat(item)]
 
 
+def assert_sliced_equals_masked(model, graph, x, keep, size, flatten=_flat) -> dict:
+    """The sliced model's outputs equal the masked model's, and its measured FLOPs and params the graph's
+    counts; returns the sliced model's stats."""
+    with torch.no_grad():
+        with graph.masked(keep):
+            masked_out = flatten(model(x))
+        sliced = graph.slice(keep)
+        sliced_out = flatten(sliced(x))
+    assert len(masked_out) == len(sliced_out)
+    for a, b in zip(masked_out, sliced_out):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * max(1.0, a.abs().max().item()))
+    stats = pagcp.model_stats(sliced, size)
+    assert graph.flops(keep, size) / 1e9 == stats["gflops"]
+    assert graph.params(keep) == stats["params"]
+    return stats
+
+
 MODELS = {  # name -> (constructor, input size in pixels)
     "yolov5n": (lambda: pagcp.load_model("yolov5n"), 64),
     "yolov5s": (lambda: pagcp.load_model("yolov5s"), 64),
@@ -131,18 +148,7 @@ def test_sliced_equals_masked_and_counts_match(name):
     graph = pagcp.trace(model, x)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for seed in (1, 2, 3):
-        keep = random_keep(graph, seed)
-        with torch.no_grad():
-            with graph.masked(keep):
-                masked_out = _flat(model(x))
-            sliced = graph.slice(keep)
-            sliced_out = _flat(sliced(x))
-        assert len(masked_out) == len(sliced_out)
-        for a, b in zip(masked_out, sliced_out):
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * max(1.0, a.abs().max().item()))
-        stats = pagcp.model_stats(sliced, size)
-        assert graph.flops(keep, size) / 1e9 == stats["gflops"]
-        assert graph.params(keep) == stats["params"]
+        stats = assert_sliced_equals_masked(model, graph, x, random_keep(graph, seed), size)
         assert stats["params"] < graph.params()
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the original is untouched

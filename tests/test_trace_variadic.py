@@ -21,8 +21,8 @@ class ListChunkToy(nn.Module):
         self.cv2 = nn.Conv2d(4 * c, 5, 1)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if isinstance(x, dict):  # Ultralytics: a dict input means "compute the loss"
-            raise NotImplementedError
+        if isinstance(x, dict):  # Ultralytics: a dict input means "compute the loss"; tracing never takes it
+            raise TypeError("this toy computes no loss")
         return self.predict(x, *args, **kwargs)
 
     def predict(self, x: torch.Tensor, profile: bool = False) -> torch.Tensor:

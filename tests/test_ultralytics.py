@@ -21,7 +21,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")  # Ultralytics: no online checks, no 
 if importlib.util.find_spec("ultralytics") is None:
     pytest.skip("needs the ultralytics package (pip install ultralytics)", allow_module_level=True)
 
-from test_slicing import random_keep, randomize_norms  # noqa: E402
+from test_slicing import assert_sliced_equals_masked, random_keep, randomize_norms  # noqa: E402
 
 import pagcp  # noqa: E402
 from pagcp.data.demo import generate_demo  # noqa: E402
@@ -124,17 +124,7 @@ def test_sliced_equals_masked_and_counts_match(cfg):
     x = torch.randn(1, 3, 64, 64)
     graph = pagcp.trace(model, x)
     for seed in (1, 2):
-        keep = random_keep(graph, seed)
-        with torch.no_grad():
-            with graph.masked(keep):
-                masked = _outputs(model(x))
-            sliced = graph.slice(keep)
-            out = _outputs(sliced(x))
-        assert len(out) == len(masked)
-        for a, b in zip(masked, out):
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * max(1.0, a.abs().max().item()))
-        stats = pagcp.model_stats(sliced, 64)
-        assert graph.flops(keep, 64) / 1e9 == stats["gflops"] and graph.params(keep) == stats["params"]
+        assert_sliced_equals_masked(model, graph, x, random_keep(graph, seed), 64, flatten=_outputs)
 
 
 def test_units_of_c2f_c3k2_c2psa_and_detect():

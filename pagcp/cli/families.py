@@ -31,8 +31,8 @@ log = logging.getLogger("pagcp.prune")
 class YoloV5Family:
     """YOLOv5 models (v5.0 to v7.0 layouts) as pagcp builds and stores them."""
 
-    name = "yolov5"
-    tasks = ("box", "obj", "cls")
+    def check(self, args: argparse.Namespace, world: int) -> None:
+        """Refuse the flags this family cannot run with (before any run folder exists); YOLOv5 runs them all."""
 
     def problem(self, model: nn.Module, files, img: int, batch: int, subset, seed: int, device, workers: int, shard):
         from pagcp.engine.yolo import yolo_problem
@@ -92,8 +92,13 @@ class YoloV5Family:
 class UltralyticsFamily(YoloV5Family):
     """Ultralytics detection models (YOLOv8, YOLO11, ...); the ``ultralytics`` package is imported when used."""
 
-    name = "ultralytics"
-    tasks = ("box", "cls", "dfl")
+    def check(self, args: argparse.Namespace, world: int) -> None:
+        """One process (Ultralytics' trainer cannot join the search's torchrun launch) and one candidate per
+        pass (:func:`pagcp.engine.ultralytics_oracle.UltralyticsProblem` says why)."""
+        if world > 1:
+            raise ConfigError(f"--weights {args.weights}: Ultralytics models are pruned by one process (not torchrun)")
+        if args.chunk > 1:
+            raise ConfigError(f"--chunk {args.chunk}: Ultralytics models are searched one candidate per pass")
 
     def problem(self, model: nn.Module, files, img: int, batch: int, subset, seed: int, device, workers: int, shard):
         from pagcp.engine.ultralytics_oracle import ultralytics_problem

@@ -216,10 +216,7 @@ def _load_job(args: argparse.Namespace) -> Job:
             f" images); use --subset all or at most {len(files)}"
         )
     family = family_of(model=model)
-    if family.name == "ultralytics" and world > 1:
-        raise ConfigError(f"--weights {args.weights}: Ultralytics models are pruned by one process (not torchrun)")
-    if family.name == "ultralytics" and args.chunk > 1:
-        raise ConfigError(f"--chunk {args.chunk}: Ultralytics models are searched one candidate per pass")
+    family.check(args, world)
     stride = model_stride(model)
     return Job(model, cfg, files, image_size(args.img, stride), device, family)
 

@@ -172,7 +172,10 @@ def ap_per_class(
     the labels. Returns ``classes, ap (c, t), p (c,), r (c,), f1 (c,), n_labels (c,)``.
     """
     tp = np.asarray(tp, dtype=np.float64)
-    tp = tp.reshape(len(conf), -1) if len(conf) else np.zeros((0, tp.shape[-1] if tp.ndim == 2 else 10))
+    if len(conf):
+        tp = tp.reshape(len(conf), -1)
+    else:  # no detection at all: zero rows, one column per IoU threshold
+        tp = np.zeros((0, tp.shape[-1] if tp.ndim == 2 else len(IOU_THRESHOLDS)))
     order = np.argsort(-conf, kind="stable")
     tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]
     classes, n_labels = np.unique(target_cls, return_counts=True)

@@ -1,10 +1,8 @@
 """The oracle of Ultralytics detection models (YOLOv8, YOLO11): box, cls and dfl of Ultralytics' own loss.
 
-:func:`ultralytics_problem` mirrors :func:`pagcp.engine.yolo.yolo_problem`: the same seeded subset of a split
-(:func:`pagcp.engine.yolo.subset_indices`), decoded once and batched as validation batches it (letterbox,
-rectangular batches, no augmentation; :func:`pagcp.engine.yolo.yolo_subset`), and an
-:class:`UltralyticsProblem` with the same interface as :class:`~pagcp.engine.yolo.YoloProblem`
-(``.oracle(graph)``, ``.prune(settings)``, ``.naive(...)``, ``.example_input()``, ``.batches``, ...).
+:func:`ultralytics_problem` draws the oracle's images as :func:`pagcp.engine.yolo.yolo_problem` does (the same
+:func:`pagcp.engine.yolo.oracle_batches`: seeded subset, validation-style batches, torchrun shards), and
+:class:`UltralyticsProblem` is a :class:`~pagcp.engine.yolo.YoloProblem` with Ultralytics' loss.
 
 The task losses are ``ultralytics.utils.loss.v8DetectionLoss``'s three components, gains applied, per batch
 (the values Ultralytics logs as box_loss, cls_loss, dfl_loss); pagcp's targets (rows ``image, class, cx, cy,
@@ -19,18 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from pagcp.devices import all_reduce_min, all_reduce_sum
-from pagcp.engine.api import PruneResult, prune
+from pagcp.engine.api import PruneResult
 from pagcp.engine.naive import NaiveOracle, naive_prune
-from pagcp.engine.oracle import Batch, Shard, SubsetOracle, TaskLoss
+from pagcp.engine.oracle import SubsetOracle, TaskLoss
 from pagcp.engine.settings import PruneSettings
-from pagcp.engine.yolo import model_stride, subset_indices, yolo_subset
+from pagcp.engine.yolo import YoloProblem, oracle_batches
 from pagcp.errors import ConfigError
 from pagcp.graph import ChannelGraph
 from pagcp.models.ultralytics_io import detect_head, fix_pruned_attributes, plain_args, require_ultralytics
@@ -117,38 +114,25 @@ def _detect_class() -> type:
 
 
 @dataclass
-class UltralyticsProblem:
-    """What PAGCP's oracle measures on an Ultralytics detector: fixed batches and the box/cls/dfl losses."""
+class UltralyticsProblem(YoloProblem):
+    """What PAGCP's oracle measures on an Ultralytics detector: fixed batches and the box/cls/dfl losses.
 
-    model: nn.Module
-    batches: list[Batch]
-    img_size: int
-    files: list[str] = field(default_factory=list)  # the oracle's images, when built from files
+    A :class:`~pagcp.engine.yolo.YoloProblem` with Ultralytics' loss, Detect as a traced leaf, and one
+    candidate per pass (``cache_targets`` does not apply: Ultralytics assigns targets inside its loss).
+    """
+
     tasks: tuple[str, ...] = ULTRALYTICS_TASKS
     train_mode_leaves: tuple[type, ...] = ()
-    shard: Shard | None = None  # this process's share of the batches in a sharded search
-    dtype: torch.dtype = torch.float32  # the precision of the oracle's forward passes
 
     def __post_init__(self) -> None:
         if not self.batches:
             raise ConfigError("the Ultralytics oracle needs at least one batch of images")
         self.train_mode_leaves = self.train_mode_leaves or (_detect_class(),)
         self.loss_fn = ultralytics_task_loss(self.model)
-        #: layers of the model's backbone (YOLOv8: 10, YOLO11: 11), for PruneSettings.backbone_layers
-        self.backbone_layers = backbone_layer_count(self.model)
-
-    @property
-    def device(self) -> torch.device:
-        return self.batches[0][0].device
-
-    def example_input(self) -> torch.Tensor:
-        """The input the model is traced with: one square image of ``img_size``."""
-        return torch.zeros(1, 3, self.img_size, self.img_size, device=self.device)
 
     def oracle(self, graph: ChannelGraph, chunk: int = 0) -> SubsetOracle:
         """The engine's oracle over these batches (one candidate per pass, see the module docstring)."""
-        return SubsetOracle(graph, self.batches, self.loss_fn, self.tasks, _one_candidate(chunk),
-                            train_mode_leaves=self.train_mode_leaves, shard=self.shard, dtype=self.dtype)  # fmt: skip
+        return super().oracle(graph, _one_candidate(chunk))
 
     def naive(self, graph: ChannelGraph, settings: PruneSettings) -> dict[str, Any]:
         """The straightforward search over the same batches."""
@@ -167,11 +151,7 @@ class UltralyticsProblem:
             settings = dataclasses.replace(settings, chunk=_one_candidate(settings.chunk))
         else:
             kwargs["chunk"] = _one_candidate(kwargs.get("chunk", 0))
-        result = prune(
-            self.model, self.loss_fn, self.batches, self.example_input(), tasks=list(self.tasks),
-            leaf_modules=self.train_mode_leaves, train_mode_leaves=self.train_mode_leaves, img_size=self.img_size,
-            settings=settings, shard=self.shard, oracle_dtype=self.dtype, **kwargs,
-        )  # fmt: skip
+        result = super().prune(settings, leaf_modules=self.train_mode_leaves, **kwargs)
         fix_pruned_attributes(result.model)
         return result
 
@@ -201,21 +181,6 @@ def ultralytics_problem(
     Same rules as :func:`pagcp.engine.yolo.yolo_problem`: ``img_size`` a multiple of the model's stride, the
     batches on ``device`` (default: the model's), ``shard=(rank, world)`` for a torchrun-sharded search.
     """
-    if subset is not None and subset > len(files):
-        raise ConfigError(
-            f"--subset {subset} is larger than the split ({len(files)} images); use --subset all or <= {len(files)}"
-        )
-    chosen = [files[i] for i in subset_indices(len(files), subset, seed)]
-    device = device if device is not None else next(model.parameters()).device
-    nc = int(detect_head(model).nc)
-    batches = yolo_subset(chosen, img_size, batch_size, model_stride(model), nc, device, workers)
-    if shard is None or shard[1] == 1:
-        return UltralyticsProblem(model, batches, img_size, chosen)
-    rank, world = shard
-    if len(batches) < world:
-        raise ConfigError(
-            f"--subset {len(chosen)} gives {len(batches)} oracle batches for {world} processes; each needs at least "
-            "one: use a larger --subset or a smaller --batch"
-        )
-    split = Shard(rank, world, len(batches), all_reduce_sum, all_reduce_min)
-    return UltralyticsProblem(model, split.take(batches), img_size, chosen, shard=split)
+    chosen, batches, split = oracle_batches(model, int(detect_head(model).nc), files, img_size, batch_size, subset,
+                                            seed, device, workers, shard)  # fmt: skip
+    return UltralyticsProblem(model, batches, img_size, chosen, shard=split)

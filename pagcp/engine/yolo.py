@@ -145,16 +145,34 @@ def yolo_problem(
     ``shard=(rank, world)``: this process keeps its round-robin share of the batches and the oracle sums the
     losses over the processes (a torchrun-sharded search, see :class:`pagcp.engine.oracle.Shard`).
     """
+    chosen, batches, split = oracle_batches(model, int(model.model[-1].nc), files, img_size, batch_size, subset, seed,
+                                            device, workers, shard)  # fmt: skip
+    return YoloProblem(model, batches, img_size, chosen, cache_targets, shard=split)
+
+
+def oracle_batches(
+    model: nn.Module,
+    nc: int,
+    files: Sequence[str],
+    img_size: int,
+    batch_size: int,
+    subset: int | None,
+    seed: int,
+    device: torch.device | str | None,
+    workers: int,
+    shard: tuple[int, int] | None,
+) -> tuple[list[str], list[Batch], Shard | None]:
+    """The oracle's images of any YOLO family: (the seeded subset of ``files``, this process's batches of it
+    on ``device``, the :class:`Shard` of a torchrun-sharded search or None)."""
     if subset is not None and subset > len(files):
         raise ConfigError(
             f"--subset {subset} is larger than the split ({len(files)} images); use --subset all or <= {len(files)}"
         )
     chosen = [files[i] for i in subset_indices(len(files), subset, seed)]
     device = device if device is not None else next(model.parameters()).device
-    nc = int(model.model[-1].nc)
     batches = yolo_subset(chosen, img_size, batch_size, model_stride(model), nc, device, workers)
     if shard is None or shard[1] == 1:
-        return YoloProblem(model, batches, img_size, chosen, cache_targets)
+        return chosen, batches, None
     rank, world = shard
     if len(batches) < world:
         raise ConfigError(
@@ -162,4 +180,4 @@ def yolo_problem(
             "one: use a larger --subset or a smaller --batch"
         )
     split = Shard(rank, world, len(batches), all_reduce_sum, all_reduce_min)
-    return YoloProblem(model, split.take(batches), img_size, chosen, cache_targets, shard=split)
+    return chosen, split.take(batches), split
