@@ -1,9 +1,11 @@
 """Engine vs naive: the same PAGCP search (full 19-ratio schedule) computed both ways, in one run.
 
     python benchmarks/bench_search.py [--weights yolov5n-demo] [--data demo] [--img 256] [--subset 32]
-        [--chunks 1,2,4,7] [--profile] [--json]
+        [--chunks 1,2,4,7] [--replays auto,off,trace] [--profile] [--json]
 
 ``--chunks``: the engine runs once per R (candidates per pass), side by side; the speed-up is the first R's.
+``--replays``: the engine runs once per suffix-replay mode (``--suffix-replay`` of pagcp.prune: walked, CUDA
+graphs, traced, compiled) at the first R, side by side; the speed-up is the first mode's.
 ``--profile``: one more engine run under the profiler: where the time goes and engine/floor
 (``benchmarks/search_profile.py``).
 
@@ -43,16 +45,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compression", default="global", choices=["global", "backbone"], help="units searched")
     p.add_argument("--backbone-layers", type=int, default=10, help="with --compression backbone: layers searched")
     p.add_argument("--chunks", default="0", help="comma list of candidates per pass R (0: the device's default)")
-    p.add_argument("--profile", action="store_true", help="profile one more engine run (first R)")
+    p.add_argument("--replays", default="auto", help="comma list of suffix-replay modes (auto: graph on CUDA)")
+    p.add_argument("--profile", action="store_true", help="profile one more engine run (first R, first mode)")
     p.add_argument("--skip-naive", action="store_true", help="time the engine only")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--json", action="store_true", help="print the result as a JSON object on the last line")
     return p.parse_args()
 
 
-def engine_run(problem, graph, settings: PruneSettings, img: int, chunk: int):
+def engine_run(problem, graph, settings: PruneSettings, img: int, chunk: int, replay: str):
     """(seconds, search, keep) of one engine search with R = ``chunk`` candidates per pass."""
     t0 = time.perf_counter()
+    problem.replay = replay
     oracle = problem.oracle(graph, chunk=chunk)  # targets matched once
     search = Search(graph, oracle, settings, img)
     keep = search.run()
@@ -70,20 +74,28 @@ def main() -> None:
     graph = pagcp.trace(model, problem.example_input())
     settings = PruneSettings(compression=args.compression, backbone_layers=args.backbone_layers)
     chunks = [int(c) for c in args.chunks.split(",")]
-    runs = {c: engine_run(problem, graph, settings, args.img, c) for c in chunks}
+    replays = args.replays.split(",")
+    runs = {c: engine_run(problem, graph, settings, args.img, c, replays[0]) for c in chunks}
     engine_s, search, keep = runs[chunks[0]]
+    by_mode = {replays[0]: runs[chunks[0]]}
+    by_mode.update({m: engine_run(problem, graph, settings, args.img, chunks[0], m) for m in replays[1:]})
     result = {"weights": args.weights, "img": args.img, "subset": args.subset, "units": len(search.state.order),
               "engine_seconds": round(engine_s, 2), "engine_evaluations": search.state.evaluations,
               "engine_ms_per_evaluation": round(1000 * engine_s / max(search.state.evaluations, 1), 1),
               "chunk_seconds": {str(search.oracle.chunk if c == 0 else c): round(r[0], 2) for c, r in runs.items()},
               "chunks_same_decisions": all(_decided(r[1]) == _decided(search) for r in runs.values()),
+              "replay_seconds": {m: round(r[0], 2) for m, r in by_mode.items()},
+              "replay_modes": {m: r[1].oracle.replay.mode for m, r in by_mode.items()},
+              "replays_same_decisions": all(_decided(r[1]) == _decided(search) for r in by_mode.values()),
               "gflops_ratio": round(graph.flops(keep, args.img) / graph.flops(None, args.img), 4)}  # fmt: skip
     if not args.skip_naive:
         result.update(naive_comparison(problem, graph, settings, search, keep, engine_s))
     if args.profile:
         from search_profile import print_profile, profile_search
 
-        result["profile"] = profile_search(lambda: engine_run(problem, graph, settings, args.img, chunks[0]))
+        result["profile"] = profile_search(
+            lambda: engine_run(problem, graph, settings, args.img, chunks[0], replays[0])
+        )
         print_profile(result["profile"])
     result.update({"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -125,6 +137,8 @@ def print_table(r: dict) -> None:
             print(f"{side:>8s} {seconds:9.1f} {evals:7d} {ms:9.1f}")
     per_r = ", ".join(f"R={c}: {s:.1f} s" for c, s in r["chunk_seconds"].items())
     print(f"engine by candidates per pass: {per_r} (same decisions: {r['chunks_same_decisions']})")
+    per_mode = ", ".join(f"{m} ({r['replay_modes'][m]}): {s:.1f} s" for m, s in r["replay_seconds"].items())
+    print(f"engine by suffix replay: {per_mode} (same decisions: {r['replays_same_decisions']})")
     if "speedup" in r:
         print(
             f"speed-up {r['speedup']:.2f}x; same decisions: {r['same_decisions']} "

@@ -11,7 +11,8 @@ Steps, each a subprocess with its own time limit (a failing step is recorded and
 4. ``kernels``: ``compare_ops.py`` on CUDA: GB/s of every op against the measured device-to-device copy
    bandwidth and against ``torch.compile`` of the eager op;
 5. ``search``: ``bench_search.py`` on yolov5s at 640 with 256 oracle images: engine against naive, same
-   decisions, speed-up;
+   decisions, speed-up; the engine with its suffix passes replayed from CUDA graphs (the CUDA default) and
+   walked (``--suffix-replay off``), side by side;
 6. ``precision``: ``bench_precision.py``: bf16/fp16 decision agreement with fp32 on yolov5s;
 7. ``finetune``: one short AMP fine-tune epoch on a few demo images.
 
@@ -45,7 +46,7 @@ DEVICE_STEPS = (
     ("kernels", "{py} benchmarks/compare_ops.py --device cuda --batch 16 --rs 1,8,19 --repeat 5 --copy-mib 1024 "
                 "--json {tmp}/kernels.json", 150),
     ("search", "{py} benchmarks/bench_search.py --weights yolov5s --img 640 --subset 256 --batch 32 --device 0 "
-               "--data {data} --json", 240),
+               "--replays auto,off --data {data} --json", 240),
     ("precision", "{py} benchmarks/bench_precision.py --weights yolov5s --img 640 --subset 256 --batch 32 "
                   "--device 0 --data {data} --json", 180),
     ("finetune", "{py} -m pagcp.train --weights yolov5n-demo --data {data} --epochs 1 --img 320 --batch 32 "
@@ -59,7 +60,7 @@ DRY_STEPS = (
     ("kernels", "{py} benchmarks/compare_ops.py --device cpu --batch 1 --rs 1,2 --layers 8x16x16 --repeat 1 "
                 "--ops bn_act,stats --copy-mib 8 --json {tmp}/kernels.json", 300),
     ("search", "{py} benchmarks/bench_search.py --weights yolov5n --img 64 --subset 4 --batch 4 "
-               "--compression backbone --backbone-layers 4 --data {data} --json", 600),
+               "--compression backbone --backbone-layers 4 --replays auto,trace --data {data} --json", 600),
     ("precision", "{py} benchmarks/bench_precision.py --weights yolov5n --img 64 --subset 8 --batch 8 --device cpu "
                   "--dtypes bf16 --compression backbone --backbone-layers 4 --data {data} --json", 600),
     ("finetune", "{py} -m pagcp.train --weights yolov5n-demo --data {data} --epochs 1 --img 96 --batch 8 "
@@ -113,7 +114,11 @@ def summary(step: dict[str, Any]) -> str:
         worst = min(best.values()) if best else float("nan")
         return f"copy {r['copy_gb_s']:.0f} GB/s; slowest op case at {100 * worst:.0f} % of it"
     if step["step"] == "search":
-        return f"engine {r['engine_seconds']} s, naive {r.get('naive_seconds')} s, {r.get('speedup')}x, same {r.get('same_decisions')}"  # noqa: E501
+        replays = ", ".join(f"{m} {s} s" for m, s in r.get("replay_seconds", {}).items())
+        return (
+            f"engine {r['engine_seconds']} s, naive {r.get('naive_seconds')} s, {r.get('speedup')}x, "
+            f"same {r.get('same_decisions')}; replay: {replays}, same {r.get('replays_same_decisions')}"
+        )
     if step["step"] == "precision":
         return "; ".join(f"{k}: {100 * v['same_ratio']:.1f} % same" for k, v in r["rows"].items() if "same_ratio" in v)
     if step["step"] == "finetune":

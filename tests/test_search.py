@@ -435,3 +435,20 @@ def test_target_gflops_not_reached_says_why(yolo):
     graph = result.graph
     assert "not reached (--max-rounds 2 used)" in result.stop_rule
     assert graph.flops(result.keep, 64) / graph.flops(None, 64) > 0.3 and len(result.history) == 2
+
+
+def test_a_waypoint_ends_the_rounds_before_the_target(yolo):
+    """reach_gflops (a cycle's waypoint): rounds stop once the model is at most that fraction, above the target."""
+    _, _, problem = yolo
+    rule = {"initial_rate": 0.5, "initial_thres": 40.0, "compression": "backbone", "max_rounds": 2}
+    one = problem.prune(PruneSettings(**{**rule, "max_rounds": 1}))
+    original = one.graph.flops(None, 64)
+    u = one.graph.flops(one.keep, 64) / original  # where one unconstrained round ends
+    target, reach = round(0.8 * u, 4), round(min(0.99, 1.01 * u), 4)
+    waypoint = problem.prune(PruneSettings(**rule, target_gflops=target, reach_gflops=reach))
+    assert waypoint.stop_rule.startswith(f"waypoint {reach:.4f} x reached in round 0 on the way to {target:.4f} x")
+    assert len(waypoint.history) == 1 and all(torch.equal(waypoint.keep[k], one.keep[k]) for k in one.keep)
+    onward = problem.prune(PruneSettings(**rule, target_gflops=target))  # no waypoint: a second round
+    assert len(onward.history) == 2 and onward.graph.flops(onward.keep, 64) / original < u
+    with pytest.raises(ConfigError, match="reach_gflops 0.2: needs a target_gflops <= it"):
+        PruneSettings(target_gflops=0.3, reach_gflops=0.2)

@@ -26,6 +26,7 @@ from test_slicing import assert_sliced_equals_masked, random_keep, randomize_nor
 import pagcp  # noqa: E402
 from pagcp.data.demo import generate_demo  # noqa: E402
 from pagcp.detection.evaluate import evaluate  # noqa: E402
+from pagcp.engine.search import Search  # noqa: E402
 from pagcp.engine.settings import PruneSettings  # noqa: E402
 from pagcp.engine.ultralytics_oracle import loss_hyperparameters, ultralytics_batch, ultralytics_problem  # noqa: E402
 from pagcp.errors import ConfigError, UnsafePickleError  # noqa: E402
@@ -204,6 +205,23 @@ def test_backbone_prune_runs_and_prunes(tiny_data):
     assert pagcp.model_stats(result.model, IMG)["params"] < pagcp.model_stats(model, IMG)["params"]
     with torch.no_grad():
         result.model(problem.example_input())
+
+
+def test_traced_replay_decides_as_the_walk(tiny_data):
+    """The suffix replay records Ultralytics' Detect (a dict of outputs) and gives the walk's decisions."""
+    model = load_ultralytics("yolov8n.yaml", nc=6)
+    problem = ultralytics_problem(model, _train_files(tiny_data), IMG, 4, 8, seed=0)
+    settings = PruneSettings(compression="backbone", ratios=(0.25, 0.5, 0.75), topk=1.0)
+    results = {}
+    for mode in ("off", "trace"):
+        problem.replay = mode
+        graph = pagcp.trace(model, problem.example_input())
+        search = Search(graph, problem.oracle(graph), settings, IMG)
+        search.run()
+        results[mode] = [(d["name"], d["ratio"], d["tripped_task"]) for d in search.state.decisions]
+        replays = search.oracle.replay.replays
+    assert results["trace"] == results["off"]
+    assert replays > 0
 
 
 # ------------------------------------------------------------------------------------ Ultralytics' own pipeline

@@ -111,7 +111,7 @@ class PruneRun:
             label = "fine-tuned" if self.cycles == 1 else f"cycle {c + 1} fine-tuned"
             tuned = self.validate(model, label) if epochs > 0 else None  # no epochs: the pruned model, validated
             records.append(self._record(c, pruned, result, after, tuned))
-            if "reached" in result.stop_rule and "not reached" not in result.stop_rule:
+            if self._met(records[-1].gflops):
                 break
         final, stop_rule = self._final(pruned, model, records), self._stop_rule(records)
         if "not reached" in stop_rule:
@@ -148,7 +148,7 @@ class PruneRun:
             return last
         if self.settings.target_gflops is None:
             return f"{self.cycles} cycles (no --target-gflops); last round: {last}"
-        if "not reached" in last or ("reached" not in last):
+        if not self._met(records[-1].gflops):
             return f"target {self.settings.target_gflops:g} x not reached in {len(records)} cycles: {last}"
         return f"cycle {len(records)} of at most {self.cycles}: {last}"
 
@@ -163,17 +163,25 @@ class PruneRun:
         write_text_atomic(self.run_dir / "oracle_images.txt", "".join(f"{f}\n" for f in chosen))
 
     def _cycle_settings(self, c: int, model_gflops: float) -> PruneSettings:
-        """Round r + c; the target as a fraction of this cycle's model; one round per cycle with cycles (the last
-        cycle, with a target, up to --max-rounds rounds so that the run ends at the target)."""
+        """Round r + c. Without a target: one round per cycle. With --target-gflops F, the cycles share it: cycle
+        c of N runs rounds back to back until its model is at most g·(F/g)^(1/(N−c)) of the original (g: where
+        the cycle starts), its waypoint, never going below F; so no cycle is left all that the others did not
+        prune, and the last one ends at F. Fractions are converted to the cycle's model, as the engine reads them."""
         s = self.settings
-        target = s.target_gflops
-        if target is not None:
-            target = min(target * self.flops_original / model_gflops, 0.999999)
         if self.cycles == 1:
             return s
-        # one round per cycle; the last cycle may run rounds back to back (--max-rounds) to meet a target
-        rounds = s.max_rounds if c == self.cycles - 1 and target is not None else 1
-        return dataclasses.replace(s, round=s.round + c, target_gflops=target, max_rounds=rounds)
+        if s.target_gflops is None:
+            return dataclasses.replace(s, round=s.round + c, max_rounds=1)
+        target = min(s.target_gflops * self.flops_original / model_gflops, 0.999999)
+        reach = max(target, min(target ** (1 / (self.cycles - c)), 0.999999))
+        return dataclasses.replace(s, round=s.round + c, target_gflops=target, reach_gflops=reach)
+
+    def _met(self, gflops: float) -> bool:
+        """Whether a model of ``gflops`` meets --target-gflops (within the engine's tolerance, from above)."""
+        from pagcp.engine.search import TARGET_TOLERANCE
+
+        target = self.settings.target_gflops
+        return target is not None and gflops <= target * self.flops_original * (1 + TARGET_TOLERANCE)
 
     def _search(self, c: int, model: nn.Module):
         """The cycle's search (continued from its state file when there is one); returns (result, pruned)."""
@@ -193,6 +201,7 @@ class PruneRun:
         problem = self.family.problem(model, job.files, job.img, oracle_batch, args.subset, args.seed, job.device,
                                       args.workers, (rank, world))  # fmt: skip
         problem.dtype = ORACLE_DTYPES[args.oracle_dtype]
+        problem.replay = args.suffix_replay
         checksum = float(sum(p.detach().double().abs().sum() for p in model.parameters()))
         fingerprint = {"weights": str(args.weights), "data": str(args.data), "img": job.img, "subset": args.subset,
                        "oracle_split": args.oracle_split, "batch": oracle_batch, "seed": args.seed,
@@ -241,7 +250,7 @@ class PruneRun:
         stats = model_stats(pruned, self.job.img)
         rule = result.stop_rule
         if self.cycles > 1 and self.settings.target_gflops is not None and c > 0:  # the engine's are relative
-            rule += f" of cycle {c + 1}'s start = {stats['gflops'] / self.flops_original:.4f} x the original"
+            rule += f" (of cycle {c + 1}'s model; {stats['gflops'] / self.flops_original:.4f} x the original)"
         return CycleRecord(
             cycle=c + 1, round=self.settings.round + (c if self.cycles > 1 else len(result.history) - 1),
             gflops=stats["gflops"], params=stats["params"], map50_pruned=after["map50"],

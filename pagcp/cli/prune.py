@@ -23,6 +23,7 @@ import yaml
 
 from pagcp.cli.common import Parser, guarded, image_size
 from pagcp.engine.oracle import ORACLE_DTYPES
+from pagcp.engine.replay import REPLAY_MODES, resolve_mode
 from pagcp.engine.settings import COMPAT_MODES, COMPRESSIONS, SALIENCIES, PruneSettings
 from pagcp.errors import ConfigError
 
@@ -107,6 +108,10 @@ def _rule_flags(r: argparse._ArgumentGroup) -> None:
                    help="candidates per oracle pass (0: 1 on the CPU, from free memory on a GPU)")  # fmt: skip
     r.add_argument("--oracle-dtype", "--oracle_dtype", dest="oracle_dtype", choices=tuple(ORACLE_DTYPES),
                    default="fp32", help="precision of the oracle's forward passes (sums stay float64)")  # fmt: skip
+    r.add_argument("--suffix-replay", "--suffix_replay", dest="suffix_replay", choices=REPLAY_MODES, default="auto",
+                   help="how a unit's candidate passes run after its first: auto (graph on CUDA, off elsewhere), "
+                        "off (walk the graph), graph (CUDA graphs), trace (one traced graph), compile "
+                        "(torch.compile of it; slow to compile, values equal to rounding)")  # fmt: skip
 
 
 def _output_flags(f: argparse._ArgumentGroup) -> None:
@@ -195,6 +200,7 @@ def _load_job(args: argparse.Namespace) -> Job:
 
     _, world, local_rank = distributed_env()
     device = select_device(args.device, local_rank, world)
+    resolve_mode(args.suffix_replay, device)
     cfg = load_data_config(args.data)
     is_config = str(args.weights).endswith((".yaml", ".yml")) or str(args.weights) in bundled_configs()
     torch.manual_seed(args.seed)  # a config name gets random weights: the same ones on every (resumed) run
@@ -278,6 +284,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "gflops_before": before["gflops"], "gflops_after": after["gflops"],
         "img_size": job.img, "subset": args.subset if args.subset is not None else len(job.files),
         "oracle_split": args.oracle_split, "oracle_images": str(run_dir / "oracle_images.txt"),
+        "suffix_replay": resolve_mode(args.suffix_replay, job.device),
         "lambda": result.lam, "settings": settings.to_dict(), "rounds": len(result.history),
         "units": [{k: round(d[k], 4) if k == "ratio" else d[k] for k in UNIT_FIELDS} for d in result.decisions],
         "processes": _world(),

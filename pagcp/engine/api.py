@@ -61,6 +61,7 @@ def prune(
     settings: PruneSettings | None = None,
     shard: Shard | None = None,
     oracle_dtype: torch.dtype = torch.float32,
+    suffix_replay: str = "auto",
     **options: Any,
 ) -> PruneResult:
     """Prune ``model`` with PAGCP.
@@ -85,6 +86,9 @@ def prune(
             main process writes ``state_path``.
         oracle_dtype: the precision of the oracle's forward passes (float32, bfloat16 or float16; the losses
             are summed in float64 whatever it is).
+        suffix_replay: how a unit's candidate passes run: walked ("off"), replayed from a CUDA graph
+            ("graph"), a traced graph ("trace") or a compiled one ("compile"); "auto" is "graph" on CUDA and
+            "off" elsewhere (:mod:`pagcp.engine.replay`).
         settings / **options: a :class:`pagcp.engine.settings.PruneSettings`, or its fields (initial_rate,
             initial_thres, exp, topk, round, rate_slope, thres_slope, ratios, compression, saliency, compat,
             target_gflops, max_rounds, units, chunk).
@@ -101,7 +105,7 @@ def prune(
         tasks = [f"task{i}" for i in range(n_tasks)]
     size = img_size if img_size is not None else tuple(example_input.shape[-2:])
     oracle = SubsetOracle(graph, batches, loss_fn, tasks, s.chunk, train_mode_leaves=train_mode_leaves, shard=shard,
-                          dtype=oracle_dtype)  # fmt: skip
+                          dtype=oracle_dtype, replay=suffix_replay)  # fmt: skip
     fingerprint = {**(fingerprint or {}), "units": len(graph.units)}
     bar = SearchProgress() if progress is True else None
     progress = bar or progress or None

@@ -125,14 +125,18 @@ class CompactWeights:
         self.graph = graph
         self.keep: Keep | None = None
         self._cache: dict[tuple[str, str], tuple[torch.Tensor, Any]] = {}  # key -> (keep indices read, value)
+        #: changes whenever the keep does (and with it, possibly, the tensors cached): recordings of passes
+        #: that read these tensors are valid while it stays the same
+        self.version = 0
 
     def set_keep(self, keep: Keep) -> None:
         """Use ``keep`` from now on; cached entries whose channels it changes are dropped."""
         keep = self.graph.keep(keep).copy()
-        if self.keep is not None and self._cache:
-            changed = keep.vector != self.keep.vector
-            if bool(changed.any()):
-                self._cache = {k: v for k, v in self._cache.items() if not bool(changed[v[0]].any())}
+        if self.keep is None:
+            self.version += 1
+        elif bool((changed := keep.vector != self.keep.vector).any()):
+            self.version += 1
+            self._cache = {k: v for k, v in self._cache.items() if not bool(changed[v[0]].any())}
         self.keep = keep
 
     def module_keep(self, name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:

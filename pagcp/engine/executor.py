@@ -27,7 +27,7 @@ from torch.func import functional_call
 
 from pagcp.engine.compact import CompactWeights, ConvStep, find_conv_steps
 from pagcp.errors import PagcpError
-from pagcp.graph import ChannelGraph, Keep, Unit
+from pagcp.graph import ChannelGraph, Keep
 from pagcp.graph.split import suffix_nodes
 from pagcp.ops import channel_activation_stats, masked_bn_act, masked_bn_act_rows
 
@@ -56,6 +56,16 @@ def _map_tensors(value: Any, fn) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_map_tensors(v, fn) for v in value)
     return value
+
+
+@dataclass
+class CandidateRows:
+    """R candidate keep-masks of one unit as the candidate pass applies them: per module, an R x (its kept
+    output channels) float mask on the executor's device (producers and depthwise convs; norms)."""
+
+    count: int
+    producers: dict[str, torch.Tensor]
+    norms: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -111,13 +121,11 @@ class _ActivityPass(_CompactPass):
 class _CandidatePass(_CompactPass):
     """R candidate keep-masks of one unit over cached prefix values (N rows) -> values of R·N rows."""
 
-    def __init__(self, executor: Executor, unit: Unit, cached: dict[fx.Node, Any], candidates: torch.Tensor):
+    def __init__(self, executor: Executor, cached: dict[fx.Node, Any], rows: CandidateRows):
         super().__init__(executor, dict(cached))
-        self.R = candidates.shape[0]
-        self.producer_rows = {
-            ref.module: executor.candidate_rows(ref, candidates) for ref in (*unit.producers, *unit.depthwise)
-        }
-        self.norm_rows = {ref.module: executor.candidate_rows(ref, candidates) for ref in unit.norms}
+        self.R = rows.count
+        self.producer_rows = rows.producers
+        self.norm_rows = rows.norms
         self.wide: set[fx.Node] = set()  # nodes whose value already has R·N rows
         self.repeated: dict[fx.Node, Any] = {}
 
@@ -145,7 +153,7 @@ class _CandidatePass(_CompactPass):
         rows = self.norm_rows.get(node.target) if node.op == "call_module" else None
         if rows is None:
             return value
-        rows = rows.to(value.device, value.dtype)
+        rows = rows.to(value.dtype)
         R, N = self.R, value.shape[0] // self.R
         shape = (R, 1, -1, *([1] * (value.dim() - 2)))
         return (value.view(R, N, *value.shape[1:]) * rows.view(shape)).view_as(value)
@@ -163,6 +171,8 @@ class Executor:
         self.order: list[fx.Node] = [n for n in graph.gm.graph.nodes if n not in fused]
         self.weights = CompactWeights(graph)
         self._plans: dict[str, UnitPlan] = {}
+        #: the backend of the fused ops (None: the ops' own choice; see :mod:`pagcp.ops.registry`)
+        self.op_backend: str | None = None
 
     def set_keep(self, keep: Keep) -> None:
         """Run under these keep-masks from now on (weights are re-gathered only where they changed)."""
@@ -212,15 +222,41 @@ class Executor:
     def run_candidates(self, unit: str, cached: dict[fx.Node, Any], candidates: Sequence[torch.Tensor]) -> Any:
         """The suffix of ``unit`` for R candidate keep-masks of it (each over the unit's full size) from the
         values :meth:`prefix` returned; the result has R·N rows, candidate-major."""
-        u = self.graph[unit]
-        masks = torch.stack([torch.as_tensor(c, dtype=torch.bool) for c in candidates])
-        alive = self.weights.keep[unit]
-        if bool((masks & ~alive).any()):
-            raise PagcpError(f"candidates of {unit} keep channels that are already pruned")
-        out = self._walk(self.plan(unit).suffix, _CandidatePass(self, u, cached, masks))
+        return self.run_suffix(unit, cached, self.candidate_rows(unit, candidates))
+
+    @torch.no_grad()
+    def run_suffix(self, unit: str, cached: dict[fx.Node, Any], rows: CandidateRows) -> Any:
+        """The suffix of ``unit`` for the candidates ``rows`` holds (:meth:`candidate_rows`) from the values
+        :meth:`prefix` returned. No host synchronisation and no host-to-device copy happen in it: it can be
+        captured as a CUDA graph or traced into one graph of tensor operations (:mod:`pagcp.engine.replay`)."""
+        out = self._walk(self.plan(unit).suffix, _CandidatePass(self, cached, rows))
         if out is None:
             raise PagcpError("executor: the graph has no output node")
         return out
+
+    def candidate_rows(self, unit: str, candidates: Sequence[torch.Tensor]) -> CandidateRows:
+        """The R candidate keep-masks of ``unit`` (each over the unit's full size) as the candidate pass
+        applies them, on the device of the model's weights."""
+        u = self.graph[unit]
+        masks = torch.stack([torch.as_tensor(c, dtype=torch.bool).cpu() for c in candidates])
+        alive = self.weights.keep[unit]
+        if bool((masks & ~alive).any()):
+            raise PagcpError(f"candidates of {unit} keep channels that are already pruned")
+        device = self.device
+
+        def rows(refs) -> dict[str, torch.Tensor]:
+            return {ref.module: self._module_rows(ref, masks).to(device) for ref in refs}
+
+        return CandidateRows(masks.shape[0], rows((*u.producers, *u.depthwise)), rows(u.norms))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights (and so the executor's values) are."""
+        for p in self.model.parameters():
+            return p.device
+        for b in self.model.buffers():
+            return b.device
+        return torch.device("cpu")
 
     @torch.no_grad()
     def activity(self, inputs: Sequence[torch.Tensor], modules: set[str]) -> dict[str, tuple[torch.Tensor, int]]:
@@ -281,10 +317,10 @@ class Executor:
             shift = torch.zeros(y.shape[1], device=y.device)
         act = step.act_kind if step.act_after is None else "identity"
         fn = masked_bn_act if expand else masked_bn_act_rows
-        y = fn(y, scale, shift, rows.to(y.device), act=act)
+        y = fn(y, scale, shift, rows, act=act, backend=self.op_backend)
         return step.act_after(y) if step.act_after is not None else y
 
-    def candidate_rows(self, ref, candidates: torch.Tensor) -> torch.Tensor:
+    def _module_rows(self, ref, candidates: torch.Tensor) -> torch.Tensor:
         """R x (kept output channels of ``ref.module``) float masks: the module's channels under each candidate."""
         out_keep = self.weights.module_keep(ref.module)[0]
         full = torch.ones(candidates.shape[0], out_keep.numel(), dtype=torch.float32)

@@ -5,7 +5,8 @@
 - Compact execution of the decided units and candidate execution of the unit under test
   (:class:`pagcp.engine.executor.Executor`).
 - For one unit, every activation upstream of it is computed once per batch (the prefix cache, kept across
-  candidate chunks while it fits ``cache_bytes``); candidates go through the downstream part in chunks.
+  candidate chunks while it fits ``cache_bytes``); candidates go through the downstream part in chunks,
+  walked or replayed from a recording of the pass (``replay``, :mod:`pagcp.engine.replay`).
 - Early rejection: a candidate stops as soon as a partial per-task sum exceeds its bound, and with it every
   later candidate of its chunk (the search stops at the first candidate over the bound).
 """
@@ -22,6 +23,7 @@ from torch import fx
 from torch.profiler import record_function
 
 from pagcp.engine.executor import Executor
+from pagcp.engine.replay import SuffixReplay
 from pagcp.engine.saliency import activation_scores
 from pagcp.errors import ConfigError
 from pagcp.graph import ChannelGraph, Keep
@@ -133,6 +135,14 @@ def _join(a: Any, b: Any) -> Any:
     return a
 
 
+def _map_clone(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_clone(v) for v in value)
+    return value
+
+
 def _nbytes(value: Any) -> int:
     if isinstance(value, torch.Tensor):
         return value.numel() * value.element_size()
@@ -157,6 +167,7 @@ class SubsetOracle:
         train_mode_leaves: tuple[type, ...] = (),
         shard: Shard | None = None,
         dtype: torch.dtype = torch.float32,
+        replay: str = "auto",
     ):
         if not batches:
             raise ConfigError("the oracle needs at least one batch of data")
@@ -175,6 +186,7 @@ class SubsetOracle:
             raise ConfigError(f"--oracle-dtype {dtype}: use one of {', '.join(ORACLE_DTYPES)}")
         self.dtype = dtype
         self.device_type = device.type
+        self.replay = SuffixReplay(self.executor, replay, device)
         #: called with the number of candidates of the current ``evaluate`` call decided so far (progress bars)
         self.on_candidates: Callable[[int], None] | None = None
 
@@ -184,7 +196,8 @@ class SubsetOracle:
 
     def _precision(self) -> Any:
         """Autocast to the oracle's dtype (convolutions in bf16/fp16, the fused ops in their input's dtype)."""
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        enabled = self.dtype != torch.float32  # no cast cache: a CUDA graph capture must not keep one
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=enabled, cache_enabled=False)
 
     def _batch_losses(self, out: Any, targets: Any, rows: int) -> torch.Tensor:
         if self.dtype != torch.float32:  # the loss always in float32
@@ -202,14 +215,14 @@ class SubsetOracle:
         """The candidates in one pass; on a device out of memory, in halves (outputs joined candidate-major)."""
         try:
             with self._precision():
-                return self.executor.run_candidates(unit, cached, masks)
+                return self.replay.run(unit, cached, masks)
         except torch.OutOfMemoryError:
             if len(masks) == 1:
                 raise
             half = len(masks) // 2
             log.info("out of device memory with %d candidates at once; splitting", len(masks))
             self.chunk = max(1, half)
-            first = self._run_candidates(unit, cached, masks[:half])
+            first = _map_clone(self._run_candidates(unit, cached, masks[:half]))  # a replay's buffers are reused
             second = self._run_candidates(unit, cached, masks[half:])
             return _join(first, second)
 
@@ -258,6 +271,7 @@ class SubsetOracle:
         """Candidates of ``unit`` in order, up to and including the first whose losses exceed ``bound``."""
         ex = self.executor
         ex.set_keep(keep)
+        self.replay.begin(unit)
         prefix_cache: dict[int, dict[fx.Node, Any]] = {}
         keep_cache = True
         results: list[Evaluation] = []

@@ -314,6 +314,12 @@ class Search:
             how = "filled up to it by efficiency" if filled else "reached by the round's selection"
             st.stop_rule = f"target {s.target_gflops:g} x reached in round {st.round} ({how}): {fraction:.4f} x"
             return False
+        if s.reach_gflops is not None and fraction <= s.reach_gflops * (1 + TARGET_TOLERANCE):
+            st.stop_rule = (
+                f"waypoint {s.reach_gflops:.4f} x reached in round {st.round} on the way to {s.target_gflops:.4f} x: "
+                f"{fraction:.4f} x"
+            )
+            return False
         rounds_done = st.round - s.round + 1
         if rounds_done >= s.max_rounds or not any(d["selected"] for d in st.decisions):
             why = f"--max-rounds {s.max_rounds} used" if rounds_done >= s.max_rounds else "a round selected no unit"

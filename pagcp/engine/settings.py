@@ -38,6 +38,9 @@ class PruneSettings:
     saliency: str = "l1"
     compat: str = "default"
     target_gflops: float | None = None
+    #: with target_gflops: rounds run back to back until the model has at most this fraction (>= the target;
+    #: None: the target itself); a cycle's waypoint when prune -> fine-tune cycles share a target
+    reach_gflops: float | None = None
     max_rounds: int = 8
     backbone_layers: int = 10
     chunk: int = 0  # candidates per oracle pass; 0 = choose from the device (4 on a CPU, 19 on a GPU)
@@ -76,6 +79,10 @@ class PruneSettings:
             raise bad("compat", f"{self.compat!r}; use one of {', '.join(COMPAT_MODES)}")
         if self.target_gflops is not None and not 0 < self.target_gflops < 1:
             raise bad("target_gflops", f"{self.target_gflops} must be a fraction of the original GFLOPs in (0, 1)")
+        if self.reach_gflops is not None and not (
+            self.target_gflops is not None and self.target_gflops <= self.reach_gflops < 1
+        ):
+            raise ConfigError(f"reach_gflops {self.reach_gflops}: needs a target_gflops <= it and must be < 1")
         if self.max_rounds < 1:
             raise bad("max_rounds", f"{self.max_rounds} must be >= 1")
         if self.chunk < 0:

@@ -90,8 +90,9 @@ class SearchState:
         data = json.loads(path.read_text())
         if data.get("version") != STATE_VERSION:
             raise PagcpError(f"{path}: state version {data.get('version')} is not {STATE_VERSION}")
-        if data["settings"] != settings:
-            diff = sorted(k for k in data["settings"] if data["settings"][k] != settings.get(k))
+        saved = {**dict.fromkeys(settings), **data["settings"]}  # a setting added since: None when saved
+        if saved != settings:
+            diff = sorted(k for k in saved if saved[k] != settings.get(k))
             raise PagcpError(
                 f"{path}: the saved search used other settings ({', '.join(diff)}); "
                 "resume with the same flags or start a new run"

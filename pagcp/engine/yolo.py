@@ -90,6 +90,7 @@ class YoloProblem:
     train_mode_leaves: tuple[type, ...] = (Detect,)
     shard: Shard | None = None  # this process's share of the batches in a sharded search
     dtype: torch.dtype = torch.float32  # the precision of the oracle's forward passes
+    replay: str = "auto"  # how the oracle runs a unit's candidate passes (pagcp.engine.replay.REPLAY_MODES)
 
     def __post_init__(self) -> None:
         if not self.batches:
@@ -107,7 +108,8 @@ class YoloProblem:
     def oracle(self, graph: ChannelGraph, chunk: int = 0) -> SubsetOracle:
         """The engine's oracle over these batches."""
         return SubsetOracle(graph, self.batches, self.loss_fn, self.tasks, chunk,
-                            train_mode_leaves=self.train_mode_leaves, shard=self.shard, dtype=self.dtype)  # fmt: skip
+                            train_mode_leaves=self.train_mode_leaves, shard=self.shard, dtype=self.dtype,
+                            replay=self.replay)  # fmt: skip
 
     def naive(self, graph: ChannelGraph, settings: PruneSettings, cache_targets: bool = False) -> dict[str, Any]:
         """The straightforward search over the same batches (targets re-matched per call, as the reference)."""
@@ -123,7 +125,7 @@ class YoloProblem:
         return prune(
             self.model, self.loss_fn, self.batches, self.example_input(), tasks=list(self.tasks),
             train_mode_leaves=self.train_mode_leaves, img_size=self.img_size, settings=settings, shard=self.shard,
-            oracle_dtype=self.dtype, **kwargs,
+            oracle_dtype=self.dtype, suffix_replay=self.replay, **kwargs,
         )  # fmt: skip
 
 
