@@ -136,9 +136,10 @@ def pagcp_row(args: argparse.Namespace, cfg: dict, target: float) -> tuple[dict[
     left = args.epochs - used
     tuned = finetune(model, args, left, f"target{target:g}-pagcp")
     stats = pagcp.model_stats(tuned, args.img)
+    scores = validate(tuned, cfg, args.img)
     row = {"method": "pagcp", "target": target, **stats, "gflops_vs_pagcp": 1.0,
-           "map50_95_pruned": report["map50_95_after"], **{f"{k}_finetuned": v for k, v in validate(tuned, cfg,
-           args.img).items()}, "epochs": used + max(left, 0), "cycles": cycles, "stop_rule": report["stop_rule"],
+           "map50_95_pruned": round(report["map50_95_after"], 4), **{f"{k}_finetuned": v for k, v in scores.items()},
+           "epochs": used + max(left, 0), "cycles": cycles, "stop_rule": report["stop_rule"],
            "search_seconds": round(report["search_seconds"], 1), "evaluations": report["evaluations"],
            "latency_ms": round(latency_ms(tuned, args.img, args.latency_runs), 2),
            "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
