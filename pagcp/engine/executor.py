@@ -16,6 +16,7 @@ The values equal those of ``graph.slice(keep)`` (up to float rounding of the BN 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -171,6 +172,9 @@ class Executor:
         self.order: list[fx.Node] = [n for n in graph.gm.graph.nodes if n not in fused]
         self.weights = CompactWeights(graph)
         self._plans: dict[str, UnitPlan] = {}
+        #: where the model's weights, and so the executor's values, are
+        first = next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
+        self.device = first.device if first is not None else torch.device("cpu")
         #: the backend of the fused ops (None: the ops' own choice; see :mod:`pagcp.ops.registry`)
         self.op_backend: str | None = None
 
@@ -248,15 +252,6 @@ class Executor:
             return {ref.module: self._module_rows(ref, masks).to(device) for ref in refs}
 
         return CandidateRows(masks.shape[0], rows((*u.producers, *u.depthwise)), rows(u.norms))
-
-    @property
-    def device(self) -> torch.device:
-        """Where the model's weights (and so the executor's values) are."""
-        for p in self.model.parameters():
-            return p.device
-        for b in self.model.buffers():
-            return b.device
-        return torch.device("cpu")
 
     @torch.no_grad()
     def activity(self, inputs: Sequence[torch.Tensor], modules: set[str]) -> dict[str, tuple[torch.Tensor, int]]:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import fx
 from torch.profiler import record_function
+from torch.utils import _pytree as pytree
 
 from pagcp.engine.executor import Executor
 from pagcp.engine.replay import SuffixReplay
@@ -135,14 +136,6 @@ def _join(a: Any, b: Any) -> Any:
     return a
 
 
-def _map_clone(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map_clone(v) for v in value)
-    return value
-
-
 def _nbytes(value: Any) -> int:
     if isinstance(value, torch.Tensor):
         return value.numel() * value.element_size()
@@ -222,7 +215,8 @@ class SubsetOracle:
             half = len(masks) // 2
             log.info("out of device memory with %d candidates at once; splitting", len(masks))
             self.chunk = max(1, half)
-            first = _map_clone(self._run_candidates(unit, cached, masks[:half]))  # a replay's buffers are reused
+            first = self._run_candidates(unit, cached, masks[:half])
+            first = pytree.tree_map_only(torch.Tensor, torch.clone, first)  # a replay's buffers are reused
             second = self._run_candidates(unit, cached, masks[half:])
             return _join(first, second)
 
@@ -271,7 +265,6 @@ class SubsetOracle:
         """Candidates of ``unit`` in order, up to and including the first whose losses exceed ``bound``."""
         ex = self.executor
         ex.set_keep(keep)
-        self.replay.begin(unit)
         prefix_cache: dict[int, dict[fx.Node, Any]] = {}
         keep_cache = True
         results: list[Evaluation] = []
