@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 from pagcp.engine.baselines import prunable_units  # noqa: E402
 from pagcp.data import image_files, load_data_config  # noqa: E402
-from pagcp.engine.yolo import yolo_problem  # noqa: E402
+from pagcp.families import problem_of  # noqa: E402
 from pagcp.engine.saliency import select_keep, unit_scores  # noqa: E402
 
 #: candidates per unit the rule visited in the default demo search (python -m pagcp.prune, 2026-12-03: 293 over 50)
@@ -53,8 +53,8 @@ DEFAULT_VISITED = 5.86
 def measure(name: str, img: int, files: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Engine and naive seconds per candidate and per-image forward time of one model at one size."""
     model = pagcp.load_model(name, nc=80)
-    problem = yolo_problem(model, files, img, args.images, args.images, 0, cache_targets=False)
-    graph = pagcp.trace(model, problem.example_input())
+    problem = problem_of(model, files, img, args.images, args.images, 0, cache_targets=False)
+    graph = problem.trace()
     units = prunable_units(graph)
     step = len(units) / args.units
     sample = [units[int(step * (i + 0.5))] for i in range(args.units)]

@@ -23,7 +23,7 @@ import pagcp  # noqa: E402
 from pagcp.data import image_files, load_data_config  # noqa: E402
 from pagcp.engine.oracle import ORACLE_DTYPES  # noqa: E402
 from pagcp.engine.settings import PruneSettings  # noqa: E402
-from pagcp.engine.yolo import yolo_problem  # noqa: E402
+from pagcp.families import problem_of  # noqa: E402
 
 AGREEMENT_FOR_DEFAULT = 0.98
 
@@ -59,7 +59,7 @@ def main() -> None:
     cfg = load_data_config(args.data)
     torch.manual_seed(0)
     model = pagcp.load_model(args.weights, device=device)
-    problem = yolo_problem(model, image_files(cfg["train"]), args.img, args.batch, args.subset, 0, device)
+    problem = problem_of(model, image_files(cfg["train"]), args.img, args.batch, args.subset, 0, device)
     settings = PruneSettings(compression=args.compression, backbone_layers=args.backbone_layers)
     reference, ref_gflops, ref_s = search(problem, "fp32", settings)
     rows = {"fp32": {"gflops": ref_gflops, "seconds": round(ref_s, 1)}}

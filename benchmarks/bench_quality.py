@@ -6,8 +6,9 @@ magnitude and random channels.
 
 Per target fraction F of the original GFLOPs:
 
-- ``pagcp``: ``python -m pagcp.prune --target-gflops F --cycles C --cycle-epochs 1 --finetune-epochs 0``
-  (oracle: ``--subset`` seeded images of the *train* split, never the val images that are scored); the
+- ``pagcp``: the library's prune run (:func:`pagcp.pipeline.prune_run`, what ``python -m pagcp.prune
+  --target-gflops F --cycles C --cycle-epochs 1 --finetune-epochs 0`` runs; oracle: ``--subset`` seeded
+  images of the *train* split, never the val images that are scored); the
   cycles stop at the first that meets F, and the final model is then fine-tuned for the epochs left of the
   budget (``--epochs`` minus one per cycle run). The last cycle's epoch is already spent on the final
   architecture, so with C cycles it gets ``--epochs`` - C + 1 epochs: at most 2 cycles of a 3-epoch budget
@@ -41,11 +42,11 @@ import pagcp  # noqa: E402, I001
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pagcp.cli import prune as prune_cli  # noqa: E402
-from pagcp.cli.families import family_of  # noqa: E402
 from pagcp.data import load_data_config  # noqa: E402
-from pagcp.detection.evaluate import evaluate  # noqa: E402
 from pagcp.engine.baselines import matched_keep, prunable_units  # noqa: E402
+from pagcp.engine.settings import PruneSettings  # noqa: E402
+from pagcp.families import FinetuneJob, family_of  # noqa: E402
+from pagcp.pipeline import ExecutionSettings, FinetuneSettings, OracleSettings, RunSettings, prune_run  # noqa: E402
 
 BASELINES = ("uniform", "tp-global", "random")
 #: every method's GFLOPs must lie within this fraction of PAGCP's
@@ -72,12 +73,13 @@ def tp_global(model: nn.Module, target_gflops: float, img: int, steps: int = 16)
     import torch_pruning as tp
 
     example = torch.zeros(1, 3, img, img)
+    family = family_of(model)
 
     def pruned(ratio: float) -> nn.Module:
         m = copy.deepcopy(model).eval()
         pruner = tp.pruner.MagnitudePruner(m, example, importance=tp.importance.MagnitudeImportance(),
                                            global_pruning=True, pruning_ratio=ratio,
-                                           ignored_layers=[m.model[-1]])  # fmt: skip
+                                           ignored_layers=[family.head(m)])  # fmt: skip
         pruner.step()
         return m
 
@@ -99,30 +101,31 @@ def finetune(model: nn.Module, args: argparse.Namespace, epochs: int, name: str)
     YOLOv5, Ultralytics' trainer with the pruned widths kept for Ultralytics models)."""
     if epochs <= 0:
         return model
-    family = family_of(model=model)
+    family = family_of(model)
     folder = Path(args.project) / "finetune" / name
     source = family.save(model, folder / "source.pt")
-    options = argparse.Namespace(finetune_batch=args.batch, device="cpu", hyp=args.hyp, workers=0, data=args.data)
-    return family.finetune(copy.deepcopy(model), folder, epochs, options, args.img, source)
+    job = FinetuneJob(folder=folder, epochs=epochs, source=source, data=args.data, img=args.img, batch=args.batch,
+                      hyp=args.hyp, device="cpu", workers=0)  # fmt: skip
+    return family.finetune(copy.deepcopy(model), job)
 
 
 def validate(model: nn.Module, cfg: dict, img: int) -> dict[str, float]:
-    view = family_of(model=model).for_validation(model)
-    r = evaluate(view, cfg, img_size=img, batch_size=32, device="cpu", progress=False)
+    r = family_of(model).validate(model, cfg, img, torch.device("cpu"), progress=False)
     return {"map50": round(r["map50"], 4), "map50_95": round(r["map50_95"], 4)}
 
 
 def pagcp_run(args: argparse.Namespace, target: float) -> dict[str, Any]:
-    """The prune command with cycles to ``target`` (continued when its folder exists); returns its report."""
+    """The library's prune run with cycles to ``target`` (continued when its folder exists: with these very
+    settings, or the run refuses); returns its report."""
     project, name = Path(args.project) / "prune", f"target{target:g}"
-    flags = ["--weights", args.weights, "--data", args.data, "--img", str(args.img), "--subset", str(args.subset),
-             "--oracle-split", "train", "--target-gflops", str(target), "--cycles", str(args.cycles),
-             "--cycle-epochs", "1", "--finetune-epochs", "0", "--finetune-batch", str(args.batch), "--hyp", args.hyp,
-             "--device", "cpu", "--no-latency", "--project", str(project), "--name", name]  # fmt: skip
-    if (project / name / "opt.yaml").is_file():
-        flags += ["--resume", str(project / name)]
-    parsed = prune_cli.build_parser().parse_args(flags)
-    return prune_cli.run(parsed)
+    settings = RunSettings(
+        weights=args.weights, search=PruneSettings(target_gflops=target),
+        oracle=OracleSettings(data=args.data, img=args.img, subset=args.subset, split="train"),
+        finetune=FinetuneSettings(epochs=0, cycles=args.cycles, cycle_epochs=1, batch=args.batch, hyp=args.hyp),
+        execution=ExecutionSettings(device="cpu", latency=False), project=str(project), name=name,
+    )  # fmt: skip
+    resume = project / name if (project / name / "opt.yaml").is_file() else None
+    return prune_run(settings, resume=resume)
 
 
 def pagcp_row(args: argparse.Namespace, cfg: dict, target: float) -> tuple[dict[str, Any], float]:
@@ -148,7 +151,7 @@ def pagcp_row(args: argparse.Namespace, cfg: dict, target: float) -> tuple[dict[
 
 def baseline_model(method: str, graph, model: nn.Module, target: float, img: int, units, seed: int):
     """(``method``'s one-shot pruned model at ``target`` FLOPs, what to report about it, the method's name)."""
-    sliced = family_of(model=model).sliced
+    sliced = family_of(model).sliced
     if method in ("uniform", "random"):
         ratio, k = matched_keep(graph, method, target, img, units, seed=seed)
         return sliced(graph.slice(k).eval()), {"ratio": round(ratio, 4)}, method
@@ -227,8 +230,7 @@ def main() -> None:
     started = time.perf_counter()
     cfg = load_data_config(args.data)
     model = pagcp.load_model(args.weights)
-    leaves = (type(model.model[-1]),)  # the Detect head, traced as a leaf as the oracle does
-    graph = pagcp.trace(model, torch.zeros(1, 3, args.img, args.img), leaf_modules=leaves)
+    graph = pagcp.trace(model, torch.zeros(1, 3, args.img, args.img))  # the head a leaf, as the oracle traces it
     units = prunable_units(graph)
     done = {(r["method"], r["target"]) for r in result["rows"]}
 

@@ -31,7 +31,7 @@ import pagcp  # noqa: E402
 from pagcp.data import image_files, load_data_config  # noqa: E402
 from pagcp.engine.search import Search  # noqa: E402
 from pagcp.engine.settings import PruneSettings  # noqa: E402
-from pagcp.engine.yolo import yolo_problem  # noqa: E402
+from pagcp.families import problem_of  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,8 +70,8 @@ def main() -> None:
     device = torch.device("cpu" if args.device == "cpu" else f"cuda:{args.device}")
     cfg = load_data_config(args.data)
     model = pagcp.load_model(args.weights, device=device)
-    problem = yolo_problem(model, image_files(cfg["val"]), args.img, args.batch, args.subset, 0, device)
-    graph = pagcp.trace(model, problem.example_input())
+    problem = problem_of(model, image_files(cfg["val"]), args.img, args.batch, args.subset, 0, device)
+    graph = problem.trace()
     settings = PruneSettings(compression=args.compression, backbone_layers=args.backbone_layers)
     chunks = [int(c) for c in args.chunks.split(",")]
     replays = args.replays.split(",")

@@ -27,7 +27,7 @@ import pagcp  # noqa: E402, I001
 import torch  # noqa: E402
 
 from pagcp.data import image_files, load_data_config  # noqa: E402
-from pagcp.engine.yolo import yolo_problem  # noqa: E402
+from pagcp.families import problem_of  # noqa: E402
 from pagcp.engine.search import Search  # noqa: E402
 from pagcp.engine.settings import PruneSettings  # noqa: E402
 from pagcp.detection.evaluate import evaluate  # noqa: E402
@@ -39,8 +39,8 @@ def run_level(level: str, args: argparse.Namespace, cfg: dict) -> dict[str, Any]
     img = args.img
     files = image_files(cfg["val"])
     n = None if level == "all" else int(level)
-    problem = yolo_problem(model, files, img, args.batch, n, args.seed, cache_targets=False)
-    graph = pagcp.trace(model, problem.example_input())
+    problem = problem_of(model, files, img, args.batch, n, args.seed, cache_targets=False)
+    graph = problem.trace()
     oracle = problem.oracle(graph)
     search = Search(graph, oracle, PruneSettings(compression=args.compression), img)
     t0 = time.perf_counter()

@@ -2,9 +2,12 @@
 
 Top-level API (imported lazily so that ``import pagcp`` stays cheap and never fails):
 
-- ``load_model(spec, nc=None, device="cpu")`` / ``save_model(model, path, **meta)`` / ``model_stats(model)``
+- ``load_model(spec, nc=None, device="cpu")`` / ``save_model(model, path, **meta)``: any registered model
+  family (YOLOv5, Ultralytics detection; :mod:`pagcp.families`) / ``model_stats(model)``
 - ``trace(model, example_input)`` -> channel graph (units, keep-masks, masked execution, slicing)
 - ``prune(model, loss_fn, batches, example_input, **settings)`` -> PAGCP on any traceable CNN
+- ``prune_run(RunSettings(...))`` -> a whole run (cycles, slice, fine-tune, validate, report) on a family's
+  model, resumable from its folder (:mod:`pagcp.pipeline`)
 - ``load_ultralytics(spec, nc=None)`` / ``save_ultralytics(model, path, **meta)``: Ultralytics YOLOv8 / YOLO11
   detectors (model yaml, ``.pt`` through an allow-listing unpickler; saved in Ultralytics' own format)
 """
@@ -24,13 +27,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "pagcp.models.loading",
-    "save_model": "pagcp.models.checkpoint",
+    "load_model": "pagcp.families",
+    "save_model": "pagcp.families",
     "model_stats": "pagcp.models.stats",
-    "trace": "pagcp.graph",
+    "trace": "pagcp.families",
     "prune": "pagcp.engine.api",
-    "load_ultralytics": "pagcp.models.ultralytics_io",
-    "save_ultralytics": "pagcp.models.ultralytics_io",
+    "prune_run": "pagcp.pipeline",
+    "RunSettings": "pagcp.pipeline",
+    "load_ultralytics": "pagcp.families.ultralytics_detect",
+    "save_ultralytics": "pagcp.families.ultralytics_detect",
     "PagcpError": "pagcp.errors",
 }
 

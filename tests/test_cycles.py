@@ -149,24 +149,22 @@ def test_compat_reference_prunes_on_val_and_refuses_train(tmp_path):
     bad = _prune([*SMALL, "--compat", "reference", "--oracle-split", "train", "--project", str(tmp_path)], tmp_path,
                  check=False)  # fmt: skip
     assert bad.returncode == 2 and "--oracle-split train" in bad.stderr and not (tmp_path / "exp").exists()
-    from pagcp.cli.prune import _check_args, build_parser
+    from pagcp.cli.prune import build_parser, settings_from_args
 
-    args = build_parser().parse_args(["--compat", "reference"])
-    _check_args(args)
-    assert args.oracle_split == "val"
-    args = build_parser().parse_args([])
-    _check_args(args)
-    assert args.oracle_split == "train"
+    reference = settings_from_args(build_parser().parse_args(["--compat", "reference"]))
+    assert (reference.oracle_split, reference.oracle_subset, reference.oracle_batch) == ("val", None, 32)
+    default = settings_from_args(build_parser().parse_args([]))
+    assert (default.oracle_split, default.oracle_subset, default.oracle_batch) == ("train", 64, 16)
 
 
 def test_cycles_share_a_target_by_waypoints():
     """Cycle c of N is sent to g·(F/g)^(1/(N−c)) of the original (g: its start), never below F, so the last one
     ends at F and none carries what the others left; fractions reach the engine relative to the cycle's model."""
-    from pagcp.cli.pipeline import PruneRun
     from pagcp.engine.settings import PruneSettings
+    from pagcp.pipeline.cycles import PruneRun
 
     run = object.__new__(PruneRun)
-    run.settings, run.cycles, run.flops_original = PruneSettings(target_gflops=0.35), 3, 2.0
+    run.search, run.cycles, run.flops_original = PruneSettings(target_gflops=0.35), 3, 2.0
     starts = [1.0, 0.72, 0.49]  # where each cycle starts, as fractions of the original
     got = [run._cycle_settings(c, g * 2.0) for c, g in enumerate(starts)]
     assert [s.round for s in got] == [0, 1, 2]
@@ -175,5 +173,5 @@ def test_cycles_share_a_target_by_waypoints():
     expected = [0.35 ** (1 / 3), 0.72 * (0.35 / 0.72) ** (1 / 2), 0.35]
     assert waypoints == pytest.approx(expected, rel=1e-9)
     assert run._met(0.35 * 2.0 * 1.02) and not run._met(0.35 * 2.0 * 1.021)
-    run.settings = PruneSettings()  # no target: one round per cycle
+    run.search = PruneSettings()  # no target: one round per cycle
     assert run._cycle_settings(1, 1.5).max_rounds == 1 and run._cycle_settings(1, 1.5).reach_gflops is None

@@ -26,7 +26,9 @@ ALLOWED = {
     "training": {"models", "data", "detection"},
     "engine": {"graph", "ops", "models", "data", "detection"},
     "deploy": {"models"},
-    "cli": {"engine", "graph", "ops", "models", "data", "detection", "training", "deploy"},
+    "families": {"engine", "graph", "ops", "models", "data", "detection", "training", "deploy"},
+    "pipeline": {"families", "engine", "graph", "ops", "models", "data", "detection", "training", "deploy"},
+    "cli": {"pipeline", "families", "engine", "graph", "ops", "models", "data", "detection", "training", "deploy"},
 }
 
 
@@ -132,3 +134,28 @@ def test_every_submodule_imports():
     for name in names:
         importlib.import_module(name)
     assert "pagcp.engine.executor" in names and "pagcp.graph.keep" in names
+
+
+#: what only a model family (pagcp/families) or the model's own definition (pagcp/models) may do
+FAMILY_ONLY = {
+    "index a model's head": r"\.model\[-1\]",
+    "test a class name": r"type\([^)]*\)\.__name__\s*(==|!=|in\b)|__class__\.__name__\s*(==|!=|in\b)",
+    "compute a stride rule": r"max\([^)]*stride[^)]*,\s*32\)",
+}
+
+
+def test_only_families_know_model_kinds():
+    """Nothing outside a family module (or the model classes themselves) tests class names, indexes a head or
+    computes the image-size rule from strides: the commands, the pipeline, the engine and the graph ask the
+    model's family (docs/architecture.md, "Model families")."""
+    import re
+
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.relative_to(ROOT).parts[0] in ("families", "models"):
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            found += [
+                f"{path.relative_to(ROOT)}:{n}: {what}" for what, rx in FAMILY_ONLY.items() if re.search(rx, line)
+            ]
+    assert found == []

@@ -158,11 +158,12 @@ def test_resume_of_a_finished_run_redoes_nothing(finished):
 
 
 def test_img_not_a_stride_multiple_is_rounded_and_said(caplog):
-    from pagcp.cli.prune import _load_job, build_parser
+    from pagcp.cli.prune import build_parser, settings_from_args
+    from pagcp.pipeline import load_job
 
     flags = [*BASE[:4], "--img", "100", "--subset", "16", "--device", "cpu"]
     with caplog.at_level("WARNING"):
-        job = _load_job(build_parser().parse_args(flags))
+        job = load_job(settings_from_args(build_parser().parse_args(flags)))
     assert job.img == 128
     assert caplog.messages == ["--img 100 must be a multiple of max stride 32, updating to 128"]
 

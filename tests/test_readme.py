@@ -22,9 +22,10 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), 
 #: text in a block -> its smaller stand-in (the YOLO oracle on the full demo set takes minutes on a CPU)
 SMALLER = {
     'load_data_config("demo")': 'load_data_config("demo:train=16,val=24,img=96")',
-    "img_size=320": "img_size=96",
     "subset=64": "subset=16",
     "imgsz=320": "imgsz=96",
+    "img=320": "img=96",
+    'data="demo"': 'data="demo:train=16,val=24,img=96"',
 }
 
 

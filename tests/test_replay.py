@@ -17,7 +17,6 @@ from pagcp.engine.replay import SuffixReplay, resolve_mode
 from pagcp.engine.saliency import select_keep, unit_scores
 from pagcp.engine.search import Search
 from pagcp.engine.settings import PruneSettings
-from pagcp.engine.yolo import YoloProblem
 from pagcp.errors import ConfigError
 from pagcp.models.yolo import Detect
 
@@ -34,7 +33,7 @@ def _decided(search: Search) -> list[tuple]:
 def _search(problem, graph, replay: str, chunk: int) -> Search:
     problem.replay = replay
     units = [u.name for u in graph.units if u.size > 1][::3]
-    search = Search(graph, problem.oracle(graph, chunk=chunk), PruneSettings(units=units, chunk=chunk, **SMALL), 64)
+    search = Search(graph, problem.oracle(graph, chunk=chunk), PruneSettings(units=units, **SMALL), 64)
     search.run()
     return search
 
@@ -167,7 +166,7 @@ def test_cuda_graph_replay_decides_as_the_walk_on_cuda(chunk):
     model.cuda()
     batches = [(x.cuda(), t.cuda()) for x, t in cpu_problem.batches]
     graph = pagcp.trace(model, batches[0][0][:1])
-    problem = YoloProblem(model, batches, 64, cache_targets=False)
+    problem = pagcp.families.family_of(model).problem(model, batches, 64, cache_targets=False)
     unit = [u.name for u in graph.units if len(u.producers) > 1][0]
     walked, _ = _evaluations(problem, graph, "off", unit, chunk)
     captured, replay = _evaluations(problem, graph, "graph", unit, chunk)

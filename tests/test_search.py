@@ -13,11 +13,11 @@ from torch import nn
 import pagcp
 from pagcp.engine.executor import Executor
 from pagcp.engine.naive import naive_lambda
+from pagcp.engine.oracle_data import subset_indices
 from pagcp.engine.rule import solve_lambda
 from pagcp.engine.saliency import select_keep, unit_scores
 from pagcp.engine.search import Search
 from pagcp.engine.settings import RATIOS, REFERENCE_RATIOS, PruneSettings
-from pagcp.engine.yolo import YoloProblem, subset_indices
 from pagcp.errors import ConfigError, PagcpError
 from pagcp.models.yolo import Detect
 
@@ -112,7 +112,7 @@ def _yolo_setup(img: int = 64, n_batches: int = 2, batch: int = 8):
                 rows.append([i, (i + j) % 3, cx, cy, w, h])
         batches.append((x, torch.tensor(rows)))
     graph = pagcp.trace(model, batches[0][0][:1])
-    return model, graph, YoloProblem(model, batches, img, cache_targets=False)
+    return model, graph, pagcp.families.family_of(model).problem(model, batches, img, cache_targets=False)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_engine_decisions_equal_naive(yolo, compat, chunk):
     """Several candidates per pass (R = chunk, through masked_bn_act) decide exactly as one per pass."""
     _, graph, problem = yolo
     units = [u.name for u in graph.units if u.size > 1][::3]  # backbone and head, a third of the units
-    settings = PruneSettings(compat=compat, units=units, chunk=chunk, **SMALL)
+    settings = PruneSettings(compat=compat, units=units, **SMALL)
     oracle = problem.oracle(graph, chunk=chunk)
     assert oracle.chunk == chunk
     search = Search(graph, oracle, settings, 64)

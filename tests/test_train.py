@@ -18,12 +18,20 @@ from torch import nn
 
 from pagcp.cli.train import main as train_main
 from pagcp.data.demo import generate_demo
+from pagcp.families import family_of
 from pagcp.hyps import load_hyp
 from pagcp.models.checkpoint import conv_widths, fit_widths, load_checkpoint_file, save_model
 from pagcp.models.yolo import Model, read_config
+from pagcp.training import loop
 from pagcp.training.ema import ModelEMA
-from pagcp.training.loop import TrainSettings, read_train_state, train
+from pagcp.training.loop import TrainSettings, read_train_state
 from pagcp.training.optim import Schedule, build_optimizer, one_cycle, split_parameters
+
+
+def train(model: nn.Module, data, settings: TrainSettings, **options):
+    """pagcp's training loop at the model's stride, as the YOLOv5 family runs it."""
+    return loop.train(model, data, settings, stride=family_of(model).stride(model), **options)
+
 
 IMG = 64
 

@@ -28,16 +28,18 @@ from pagcp.data.demo import generate_demo  # noqa: E402
 from pagcp.detection.evaluate import evaluate  # noqa: E402
 from pagcp.engine.search import Search  # noqa: E402
 from pagcp.engine.settings import PruneSettings  # noqa: E402
-from pagcp.engine.ultralytics_oracle import loss_hyperparameters, ultralytics_batch, ultralytics_problem  # noqa: E402
 from pagcp.errors import ConfigError, UnsafePickleError  # noqa: E402
-from pagcp.models.ultralytics_io import (  # noqa: E402
+from pagcp.families import problem_of  # noqa: E402
+from pagcp.families.ultralytics_detect import (  # noqa: E402
     BUNDLED,
-    WEIGHTS_DIR,
     YoloV5Outputs,
     fix_pruned_attributes,
     load_ultralytics,
+    loss_hyperparameters,
     save_ultralytics,
+    ultralytics_batch,
 )
+from pagcp.models.checkpoint import WEIGHTS_DIR  # noqa: E402
 
 IMG = 96
 
@@ -168,7 +170,7 @@ def test_sliced_model_exports_with_forward_split():
 
 def test_loss_equals_ultralytics_and_engine_equals_naive(tiny_data):
     model = randomize_norms(load_ultralytics("yolov8n.yaml", nc=6))
-    problem = ultralytics_problem(model, _train_files(tiny_data), IMG, 8, 8, seed=0)
+    problem = problem_of(model, _train_files(tiny_data), IMG, 8, 8, seed=0)
     assert problem.tasks == ("box", "cls", "dfl") and len(problem.batches) == 1
     images, targets = problem.batches[0]
     head = model.model[-1]
@@ -187,8 +189,6 @@ def test_loss_equals_ultralytics_and_engine_equals_naive(tiny_data):
     keep = graph.keep(random_keep(graph, 3))
     engine, naive = problem.oracle(graph).losses(keep), problem.naive_oracle(graph).losses(keep)
     torch.testing.assert_close(engine, naive, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ConfigError, match="--chunk 4"):
-        problem.oracle(graph, chunk=4)
 
 
 def _with_args(model: nn.Module) -> nn.Module:
@@ -198,7 +198,7 @@ def _with_args(model: nn.Module) -> nn.Module:
 
 def test_backbone_prune_runs_and_prunes(tiny_data):
     model = load_ultralytics("yolov8n.yaml", nc=6)
-    problem = ultralytics_problem(model, _train_files(tiny_data), IMG, 8, 8, seed=0)
+    problem = problem_of(model, _train_files(tiny_data), IMG, 8, 8, seed=0)
     result = problem.prune(PruneSettings(compression="backbone", ratios=(0.25, 0.5), topk=1.0))
     pruned = [d for d in result.decisions if d["selected"] and d["channels_after"] < d["channels_before"]]
     assert pruned and all(int(d["name"].split(".")[1]) < 10 for d in result.decisions)
@@ -210,7 +210,7 @@ def test_backbone_prune_runs_and_prunes(tiny_data):
 def test_traced_replay_decides_as_the_walk(tiny_data):
     """The suffix replay records Ultralytics' Detect (a dict of outputs) and gives the walk's decisions."""
     model = load_ultralytics("yolov8n.yaml", nc=6)
-    problem = ultralytics_problem(model, _train_files(tiny_data), IMG, 4, 8, seed=0)
+    problem = problem_of(model, _train_files(tiny_data), IMG, 4, 8, seed=0)
     settings = PruneSettings(compression="backbone", ratios=(0.25, 0.5, 0.75), topk=1.0)
     results = {}
     for mode in ("off", "trace"):
@@ -222,6 +222,37 @@ def test_traced_replay_decides_as_the_walk(tiny_data):
         replays = search.oracle.replay.replays
     assert results["trace"] == results["off"]
     assert replays > 0
+
+
+def _decisions_at(problem, graph, settings: PruneSettings, chunk: int) -> tuple[list[tuple], list[list[float]], int]:
+    """What a search with ``chunk`` candidates per pass decided per unit, its accepted losses, and its passes."""
+    search = Search(graph, problem.oracle(graph, chunk=chunk), settings, IMG)
+    search.run()
+    decided = [(d["name"], d["ratio"], d["tripped_task"], d["selected"], d["channels_after"])
+               for d in search.state.decisions]  # fmt: skip
+    return decided, [d["losses_accepted"] or d["losses_start"] for d in search.state.decisions], search.oracle.chunk
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_candidates_per_pass_decide_identically(cfg, tiny_data):
+    """Detect's training output is a dict: the oracle splits it per candidate along the pytree, so R = 2 and 4
+    candidates per pass take the decisions of R = 1 with the same losses (to float32 rounding: a convolution over
+    R·N images may block its sums differently than over N; a candidate fed another's rows would be far off).
+    Random weights barely react to pruning, so the bounds are tight (rate 1e-5) to make units trip, and every unit
+    is kept pruned (topk 1): the units' loss efficiencies nearly tie, and topk's ranking of near-ties would follow
+    the rounding."""
+    model = randomize_norms(load_ultralytics(cfg, nc=6))
+    problem = problem_of(model, _train_files(tiny_data), IMG, 8, 8, seed=0)
+    graph = pagcp.trace(model, problem.example_input())
+    units = [u.name for u in graph.units if u.size > 1][::6]
+    settings = PruneSettings(units=units, initial_rate=1e-5, initial_thres=1.0001, topk=1.0)
+    runs = {r: _decisions_at(problem, graph, settings, r) for r in (1, 2, 4)}
+    assert [runs[r][2] for r in (1, 2, 4)] == [1, 2, 4]
+    decided, losses, _ = runs[1]
+    assert any(d[2] is not None for d in decided) and any(d[4] < graph[d[0]].size for d in decided if d[3])
+    for r in (2, 4):
+        assert runs[r][0] == decided
+        torch.testing.assert_close(torch.tensor(runs[r][1]), torch.tensor(losses), rtol=1e-6, atol=0)
 
 
 # ------------------------------------------------------------------------------------ Ultralytics' own pipeline
@@ -258,7 +289,7 @@ def test_pruned_checkpoint_loads_predicts_validates_exports_without_pagcp(pruned
 def test_widths_survive_a_training_epoch(pruned_checkpoint, tiny_data, tmp_path):
     from ultralytics import YOLO
 
-    from pagcp.models.ultralytics_io import PrunedDetectionTrainer
+    from pagcp.families.ultralytics_detect import PrunedDetectionTrainer
 
     path, widths = pruned_checkpoint
     model = YOLO(str(path))
@@ -288,7 +319,7 @@ def test_engine_decisions_equal_naive_on_the_trained_demo(tiny_data):
     if not (WEIGHTS_DIR / "yolov8n-demo.pt").is_file():
         pytest.skip("the bundled yolov8n-demo checkpoint is not there")
     model = load_ultralytics("yolov8n-demo")
-    problem = ultralytics_problem(model, _train_files(tiny_data), IMG, 8, 8, seed=0)
+    problem = problem_of(model, _train_files(tiny_data), IMG, 8, 8, seed=0)
     units = ["model.2.cv1+m.0.cv2", "model.4.cv2", "model.9.cv1", "model.15.cv2"]
     settings = PruneSettings(units=units, ratios=(0.1, 0.3, 0.5, 0.7), initial_rate=0.02, initial_thres=1.5)
     engine = problem.prune(settings).decisions

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -31,16 +30,6 @@ class HelpFormatter(argparse.HelpFormatter):
         if "default" in text or unset or isinstance(action, argparse._HelpAction):
             return text
         return f"{text} (default: %(default)s)"
-
-
-def image_size(img: int, stride: int) -> int:
-    """``--img`` rounded up to a multiple of the model's stride, saying so once when it changes."""
-    rounded = -(-img // stride) * stride
-    if rounded != img:
-        logging.getLogger("pagcp").warning(
-            "--img %d must be a multiple of max stride %d, updating to %d", img, stride, rounded
-        )
-    return rounded
 
 
 def guarded(prog: str, fn: Callable[[], Any]) -> tuple[int, Any]:

@@ -1,8 +1,10 @@
-"""``python -m pagcp.export``: export a YOLOv5 model (bundled, config, pagcp or official ``.pt``) to ONNX.
+"""``python -m pagcp.export``: export a model of any registered family (YOLOv5: bundled, config, pagcp or
+official ``.pt``; Ultralytics detection: yaml or ``.pt``) to ONNX.
 
-The export itself is :func:`pagcp.deploy.export_onnx`; this module parses the flags, loads the model,
-names the output file, and optionally checks the file in ONNX Runtime against PyTorch and measures its
-CPU latency (``--json``: a JSON object on the last line).
+The export itself is the model's family's (:func:`pagcp.deploy.export_onnx` for YOLOv5, Ultralytics' own for
+Ultralytics models); this module parses the flags, loads the model, names the output file, and optionally
+checks the file in ONNX Runtime against PyTorch and measures its CPU latency (``--json``: a JSON object on the
+last line).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pagcp.cli.common import Parser, guarded, image_size
+from pagcp.cli.common import Parser, guarded
 from pagcp.deploy.latency import onnx_latency
-from pagcp.deploy.onnx_export import MIN_OPSET, export_onnx, max_abs_diff
+from pagcp.deploy.onnx_export import MIN_OPSET, max_abs_diff
 from pagcp.deploy.runtime import require
 from pagcp.devices import select_device
 from pagcp.errors import ConfigError
@@ -27,11 +29,12 @@ FORMATS = ("onnx",)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog=PROG, description="Export a YOLOv5 model to ONNX (the eval-mode prediction tensor).")
+    p = Parser(prog=PROG, description="Export a model (YOLOv5, Ultralytics detection) to ONNX (its prediction tensor).")
     p.add_argument(
         "--weights",
         required=True,
-        help="model: bundled checkpoint (yolov5n-demo), config name (yolov5s), model yaml, pagcp or YOLOv5 .pt",
+        help="model: bundled checkpoint (yolov5n-demo, yolov8n-demo), config name (yolov5s), model yaml, pagcp, "
+        "YOLOv5 or Ultralytics .pt",
     )
     p.add_argument("--format", default="onnx", choices=FORMATS, help="export format")
     p.add_argument(
@@ -78,16 +81,17 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The CLI's work: load the model, export it, check and time the file; returns the result dict."""
-    from pagcp import load_model
+    from pagcp.families import family_for_weights
 
     _check_args(args)
     device = select_device(args.device)
     if args.half and device.type != "cuda":
         raise ConfigError(f"--half: FP16 export needs a CUDA device (--device 0); this is --device {args.device}")
-    model = load_model(args.weights, device=device)
-    img = image_size(args.img, int(max(model.stride.max().item(), 32)))
+    family = family_for_weights(args.weights)
+    model = family.load(args.weights, device=device)
+    img = family.image_size(model, args.img)
     output = Path(args.output) if args.output else default_output(args.weights)
-    path = export_onnx(model, output, img, half=args.half, dynamic=args.dynamic, opset=args.opset)
+    path = family.export_onnx(model, output, img, half=args.half, dynamic=args.dynamic, opset=args.opset)
     result: dict[str, Any] = {
         "path": str(path),
         "weights": str(args.weights),

@@ -1,5 +1,9 @@
 """Command line: train or fine-tune a YOLOv5 model, ``python -m pagcp.train`` (also under torchrun for DDP).
 
+The training itself is the model's family's ``train`` (pagcp's loop, :func:`pagcp.training.loop.train`, for
+YOLOv5); a family trained with its own tools (Ultralytics) is refused with where to go instead.
+
+
 python -m pagcp.train --cfg yolov5n --data demo --epochs 30 --img 320 --batch 32 --device cpu
 python -m pagcp.train --weights runs/prune/exp/pruned.pt --data data.yaml --hyp finetune --epochs 50
 torchrun --nproc_per_node 2 -m pagcp.train --cfg yolov5s --data coco.yaml --batch 64 --device 0,1
@@ -20,8 +24,7 @@ from pagcp.cli.common import Parser, guarded
 from pagcp.data import load_data_config
 from pagcp.devices import distributed_env, init_distributed, select_device
 from pagcp.errors import ConfigError
-from pagcp.models.loading import load_model
-from pagcp.training.loop import train
+from pagcp.families import family_for_weights, family_of
 from pagcp.training.settings import TrainSettings
 from pagcp.training.state import latest_run_checkpoint, read_train_state, seed_everything
 
@@ -85,6 +88,13 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _prepare(args: argparse.Namespace) -> tuple[Any, str, TrainSettings, dict | None]:
     """Model, data spec, settings and resume state from the parsed flags."""
+    model, data, settings, state = _prepared(args)
+    family_of(model).check_data(model, load_data_config(data), settings.weights, data)
+    return model, data, settings, state
+
+
+def _prepared(args: argparse.Namespace) -> tuple[Any, str, TrainSettings, dict | None]:
+    """Model, data spec, settings and resume state from the parsed flags."""
     if args.resume is not None:
         path = args.resume or latest_run_checkpoint(args.project)
         model, state = read_train_state(path)
@@ -112,9 +122,9 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, str, TrainSettings, dict | 
     )
     seed_everything(settings.seed)  # a model built from a config starts from the same weights everywhere
     if args.weights:
-        model = load_model(args.weights)
+        model = family_for_weights(args.weights).load(args.weights)
     else:
-        model = load_model(args.cfg, nc=load_data_config(args.data)["nc"])
+        model = family_for_weights(args.cfg).load(args.cfg, nc=load_data_config(args.data)["nc"])
     return model, args.data, settings, None
 
 
@@ -129,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model, data, settings, state = _prepare(args)
         if world > 1 and rank == 0:
             dist.barrier()
-        results = train(model, data, settings, resume_state=state)
+        results = family_of(model).train(model, data, settings, resume_state=state)
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()

@@ -1,7 +1,9 @@
-"""``python -m pagcp.val``: validate a YOLOv5 model on a dataset split and print YOLOv5's per-class table.
+"""``python -m pagcp.val``: validate a detector (any YOLO-format family: YOLOv5, Ultralytics detection) on a
+dataset split and print YOLOv5's per-class table.
 
 The validation itself is :func:`pagcp.detection.evaluate.evaluate`; this module parses the flags, loads
-the model and data, and prints the table (``--json``: a JSON object on the last line).
+the model and data, asks the model's family for its stride, classes and YOLOv5-style predictions, and prints
+the table (``--json``: a JSON object on the last line).
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import os
 import sys
 from typing import Any
 
-from pagcp.cli.common import Parser, guarded, image_size
+from pagcp.cli.common import Parser, guarded
 from pagcp.data.config import coco_ground_truth, load_data_config
 from pagcp.data.dataset import create_dataloader
-from pagcp.detection.evaluate import detect_head, evaluate, format_table
+from pagcp.detection.evaluate import evaluate, format_table
 from pagcp.devices import select_device
 from pagcp.errors import ConfigError
 from pagcp.runs import increment_run_dir
@@ -27,7 +29,7 @@ COCO_JSON_IOU = 0.65
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog=PROG, description="Validate a YOLOv5 model on a YOLO-format dataset.")
+    p = Parser(prog=PROG, description="Validate a detector (YOLOv5, Ultralytics detection) on a YOLO-format dataset.")
     p.add_argument("--weights", default="yolov5s", help="model: config name, bundled checkpoint, .pt or yaml")
     p.add_argument("--data", default="demo", help="data yaml, or 'demo' (generated on first use)")
     p.add_argument("--img", "--img-size", "--imgsz", dest="img", type=int, default=640, help="image size (px)")
@@ -87,19 +89,18 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The CLI's work: load model and data, evaluate, return the result dict."""
-    from pagcp import load_model
+    from pagcp.families import family_for_weights
 
     _check_args(args)
     device = select_device(args.device)
     cfg = load_data_config(args.data)
-    model = load_model(args.weights, nc=cfg["nc"], device=device)
-    if int(detect_head(model).nc) != cfg["nc"]:
-        raise ConfigError(
-            f"--weights {args.weights} predicts {detect_head(model).nc} classes but "
-            f"--data {args.data} has nc={cfg['nc']}"
-        )
-    stride = int(max(detect_head(model).stride.max().item(), 32))
-    img = image_size(args.img, stride)
+    family = family_for_weights(args.weights)
+    model = family.load(args.weights, nc=cfg["nc"] if family.is_config(args.weights) else None, device=device)
+    family.check_data(model, cfg, args.weights, args.data)
+    if not hasattr(family, "for_validation"):
+        raise ConfigError(f"--weights {args.weights}: {family.title} models are not YOLO detectors pagcp.val scores")
+    stride = family.stride(model)
+    img = family.image_size(model, args.img)
     iou = args.iou_thres if args.iou_thres is not None else (COCO_JSON_IOU if args.coco_eval else 0.6)
     json_path, coco_gt = None, None
     if args.coco_eval:
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         prefix=f"{args.task}: ",
     )
     result = evaluate(
-        model,
+        family.for_validation(model),
         loader,
         img,
         conf_thres=args.conf_thres,

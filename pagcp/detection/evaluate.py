@@ -33,17 +33,12 @@ from pagcp.errors import ConfigError
 LOGGER = logging.getLogger(__name__)
 
 
-def detect_head(model: nn.Module) -> nn.Module:
-    """The Detect layer of a YOLO model (its last layer: ``nc``, ``stride``), or the model itself."""
-    return model.model[-1] if hasattr(model, "model") else model
-
-
-def _val_loader(model: nn.Module, data: Any, img_size: int, batch_size: int, workers: int, split: str):
-    """(rectangular validation loader of ``split``, data config) for a data yaml, dict or ``"demo"``."""
+def _val_loader(data: Any, img_size: int, batch_size: int, workers: int, split: str, stride: int):
+    """(rectangular validation loader of ``split`` at the model's ``stride``, data config) for a data yaml, dict
+    or ``"demo"``."""
     cfg = load_data_config(data)
     if cfg.get(split) is None:
         raise ConfigError(f"{cfg['yaml_file'] or 'data'}: no '{split}' split")
-    stride = int(max(detect_head(model).stride.max().item(), 32))
     loader, _ = create_dataloader(
         cfg[split],
         img_size,
@@ -69,12 +64,12 @@ def _prepare_model(model: nn.Module, device: str | torch.device | None, half: bo
 
 
 def _check_names(model: nn.Module, names: Sequence[str] | None) -> list[str]:
-    """Class names: those given, else the model's, else "0".."nc-1"; their count must be the model's nc."""
-    nc = int(detect_head(model).nc)
-    names = list(names) if names is not None else list(getattr(model, "names", [str(i) for i in range(nc)]))
-    if len(names) != nc:
-        raise ConfigError(f"the model predicts {nc} classes but {len(names)} class names were given")
-    return names
+    """Class names: those given, else the model's (the caller checks that their count is the model's; the
+    model's family knows it)."""
+    names = names if names is not None else getattr(model, "names", None)
+    if names is None:
+        raise ConfigError("evaluate(): pass the class names (names=...) of a model that carries none")
+    return list(names.values()) if isinstance(names, dict) else list(names)
 
 
 def _coco_setup(json_path: str | None, coco_gt: str | None, cfg: dict, nc: int) -> tuple[str | None, list | None]:
@@ -107,6 +102,7 @@ def evaluate(
     split: str = "val",
     progress: bool = True,
     match_order: str = "confidence",
+    stride: int = 32,
 ) -> dict[str, Any]:
     """Validate ``model`` on a DataLoader from ``create_dataloader`` or on a data yaml/dict/``"demo"`` split.
 
@@ -116,13 +112,16 @@ def evaluate(
     ground truth is known (``coco_gt``, or the data yaml's) they are scored: ``coco_map50, coco_map50_95``.
     The model's train/eval mode is restored afterwards; it is moved to ``device`` when one is given.
     ``match_order``: "confidence" (pycocotools' greedy matching) or "iou" (YOLOv5's), see ``match_detections``.
+    ``stride``: the multiple the model's input sizes must be (its family's ``stride(model)``), for the loader
+    built from a data spec. ``model`` predicts YOLOv5-style ((batch, anchors, 5 + nc), ...) with as many classes
+    as ``names`` (the callers' families check it).
     """
     start = time.perf_counter()
     cfg: dict[str, Any] = {}
     if isinstance(data, DataLoader):
         loader = data
     else:
-        loader, cfg = _val_loader(model, data, img_size, batch_size, workers, split)
+        loader, cfg = _val_loader(data, img_size, batch_size, workers, split, stride)
         names = names or cfg["names"]
     names = _check_names(model, names)
     net, half = _prepare_model(model, device, half)

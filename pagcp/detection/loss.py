@@ -63,16 +63,15 @@ class FocalLoss(nn.Module):
 
 
 def _detect_head(model: Any) -> Any:
-    layers = getattr(model, "model", None)
-    if isinstance(layers, (nn.Sequential, nn.ModuleList, Sequence)) and len(layers):
-        return layers[-1]
-    if hasattr(model, "anchors") and hasattr(model, "nl"):
-        return model
-    raise TypeError("ComputeLoss needs a YOLOv5 Model (model.model[-1] is Detect) or a Detect head")
+    head = getattr(model, "head", model)  # a YOLOv5 Model names its Detect head
+    if hasattr(head, "anchors") and hasattr(head, "nl"):
+        return head
+    raise TypeError("ComputeLoss needs a YOLOv5 Detect head (or a pagcp YOLOv5 Model, whose .head it is)")
 
 
 class ComputeLoss:
-    """YOLOv5 loss for ``model`` (reads nc, nl, na, anchors in grid units and stride from its Detect head).
+    """YOLOv5 loss for a Detect head (or a YOLOv5 Model: its ``head``); reads nc, nl, na, anchors in grid units
+    and stride from it.
 
     ``hyp`` holds the unscaled gains (see ``pagcp.hyps``); the box gain is multiplied by 3/nl, the class
     gain by nc/80 * 3/nl and the objectness gain by (img_size/640)^2 * 3/nl here, so callers must not scale.

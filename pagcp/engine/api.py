@@ -14,7 +14,7 @@ from pagcp.engine.oracle import Shard, SubsetOracle, TaskLoss
 from pagcp.engine.progress import SearchProgress
 from pagcp.engine.search import Search
 from pagcp.engine.settings import PruneSettings
-from pagcp.graph import ChannelGraph, Keep, trace
+from pagcp.graph import ChannelGraph, HeadMatcher, Keep, trace
 
 
 @dataclass
@@ -52,6 +52,7 @@ def prune(
     example_input: torch.Tensor,
     tasks: Sequence[str] | None = None,
     leaf_modules: Sequence[str | type] = (),
+    head_reads: HeadMatcher | None = None,
     train_mode_leaves: tuple[type, ...] = (),
     img_size: int | tuple[int, int] | None = None,
     state_path: str | Path | None = None,
@@ -62,12 +63,14 @@ def prune(
     shard: Shard | None = None,
     oracle_dtype: torch.dtype = torch.float32,
     suffix_replay: str = "auto",
+    chunk: int = 0,
     **options: Any,
 ) -> PruneResult:
     """Prune ``model`` with PAGCP.
 
     Args:
-        model: a CNN torch.fx can trace (``leaf_modules`` names modules to keep opaque); put it in eval mode.
+        model: a CNN torch.fx can trace (``leaf_modules`` names modules to keep opaque, ``head_reads`` is a
+            head matcher saying which convs inside them read their inputs, :mod:`pagcp.graph.heads`).
         loss_fn: ``loss_fn(outputs, targets)`` -> 1-D tensor of task losses of one batch (means).
         batches: the oracle's data, ``(inputs, targets)`` pairs on the model's device, fixed for the search.
         example_input: one input batch for tracing (e.g. ``torch.zeros(1, 3, 224, 224)``).
@@ -89,22 +92,26 @@ def prune(
         suffix_replay: how a unit's candidate passes run: walked ("off"), replayed from a CUDA graph
             ("graph"), a traced graph ("trace") or a compiled one ("compile"); "auto" is "graph" on CUDA and
             "off" elsewhere (:mod:`pagcp.engine.replay`).
+        chunk: candidates per oracle pass (0: 1 on the CPU, sized from free memory on a GPU). Like
+            ``suffix_replay`` and the device, it changes how fast the search runs, never what it decides.
         settings / **options: a :class:`pagcp.engine.settings.PruneSettings`, or its fields (initial_rate,
             initial_thres, exp, topk, round, rate_slope, thres_slope, ratios, compression, saliency, compat,
-            target_gflops, max_rounds, units, chunk).
+            target_gflops, max_rounds, units). ``compat="reference"`` takes the reference's search rules
+            (:mod:`pagcp.engine.compat`); its data rules (split, subset, batch) are the caller's here, since
+            the caller gives the batches.
     """
     if settings is not None and options:
         raise TypeError(f"pass either settings= or setting keywords, not both ({', '.join(options)})")
     s = settings if settings is not None else PruneSettings(**options)
     batches = list(batches)
     model.eval()
-    graph = trace(model, example_input, leaf_modules=leaf_modules)
+    graph = trace(model, example_input, leaf_modules=leaf_modules, head_reads=head_reads)
     if tasks is None:
         with torch.no_grad():
             n_tasks = torch.as_tensor(loss_fn(model(batches[0][0]), batches[0][1])).numel()
         tasks = [f"task{i}" for i in range(n_tasks)]
     size = img_size if img_size is not None else tuple(example_input.shape[-2:])
-    oracle = SubsetOracle(graph, batches, loss_fn, tasks, s.chunk, train_mode_leaves=train_mode_leaves, shard=shard,
+    oracle = SubsetOracle(graph, batches, loss_fn, tasks, chunk, train_mode_leaves=train_mode_leaves, shard=shard,
                           dtype=oracle_dtype, replay=suffix_replay)  # fmt: skip
     fingerprint = {**(fingerprint or {}), "units": len(graph.units)}
     bar = SearchProgress() if progress is True else None

@@ -4,9 +4,16 @@
   prepared exactly as the validation loader prepares it, see :mod:`pagcp.engine.yolo`).
 - Compact execution of the decided units and candidate execution of the unit under test
   (:class:`pagcp.engine.executor.Executor`).
-- For one unit, every activation upstream of it is computed once per batch (the prefix cache, kept across
-  candidate chunks while it fits ``cache_bytes``); candidates go through the downstream part in chunks,
-  walked or replayed from a recording of the pass (``replay``, :mod:`pagcp.engine.replay`).
+- For one unit, every activation upstream of it is computed once per batch (the prefix cache,
+  :class:`_PrefixCache`, kept across candidate chunks while it fits ``cache_bytes``); candidates go through
+  the downstream part in chunks (:meth:`SubsetOracle._evaluate_chunk`), walked or replayed from a recording
+  of the pass (``replay``, :mod:`pagcp.engine.replay`). On CUDA without an explicit chunk, the chunk is sized
+  from free memory at the first unit (:meth:`SubsetOracle._size_chunk`); a device out of memory halves it.
+- A pass over R candidates on N images returns the model's output with R·N rows in dim 0 of every tensor
+  leaf, candidate-major, whatever pytree holds them (a tensor, lists, tuples, dicts such as Ultralytics'
+  training-mode Detect output); candidate k's output is rows k·N:(k+1)·N of every tensor leaf
+  (:func:`_candidate_outputs`), non-tensor leaves as they are.
+- Sharded (torchrun): the partial sums of each lockstep batch are all-reduced (:class:`Shard`).
 - Early rejection: a candidate stops as soon as a partial per-task sum exceeds its bound, and with it every
   later candidate of its chunk (the search stops at the first candidate over the bound).
 """
@@ -26,7 +33,7 @@ from torch.utils import _pytree as pytree
 from pagcp.engine.executor import Executor
 from pagcp.engine.replay import SuffixReplay
 from pagcp.engine.saliency import activation_scores
-from pagcp.errors import ConfigError
+from pagcp.errors import ConfigError, PagcpError
 from pagcp.graph import ChannelGraph, Keep
 
 log = logging.getLogger(__name__)
@@ -105,45 +112,58 @@ ORACLE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.fl
 
 
 def _map_float(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.float() if value.is_floating_point() else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map_float(v) for v in value)
-    return value
-
-
-def _rows(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.shape[0]
-    if isinstance(value, (list, tuple)) and value:
-        return _rows(value[0])
-    raise ConfigError("the model's output holds no tensor to split per candidate")
-
-
-def _take(value: Any, start: int, stop: int) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value[start:stop]
-    if isinstance(value, (list, tuple)):
-        return type(value)(_take(v, start, stop) for v in value)
-    return value
-
-
-def _join(a: Any, b: Any) -> Any:
-    if isinstance(a, torch.Tensor):
-        return torch.cat([a, b])
-    if isinstance(a, (list, tuple)):
-        return type(a)(_join(x, y) for x, y in zip(a, b))
-    return a
+    """``value`` with its floating tensor leaves in float32 (the loss of a bf16/fp16 pass), other leaves as they are."""
+    return pytree.tree_map_only(torch.Tensor, lambda t: t.float() if t.is_floating_point() else t, value)
 
 
 def _nbytes(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (list, tuple)):
-        return sum(_nbytes(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    return 0
+    """Bytes held by the tensor leaves of ``value`` (the size of one batch's prefix cache)."""
+    return sum(v.numel() * v.element_size() for v in pytree.tree_leaves(value) if isinstance(v, torch.Tensor))
+
+
+def _candidate_outputs(out: Any, count: int, n: int) -> list[Any]:
+    """Each of ``count`` candidates' outputs of a pass: rows k·n:(k+1)·n of every tensor leaf of ``out``."""
+    leaves, spec = pytree.tree_flatten(out)
+    if not any(isinstance(v, torch.Tensor) for v in leaves):
+        raise ConfigError(f"the model's output holds no tensor to split per candidate (it is a {type(out).__name__})")
+
+    def rows(k: int) -> Any:
+        return [v[k * n : (k + 1) * n] if isinstance(v, torch.Tensor) else v for v in leaves]
+
+    return [pytree.tree_unflatten(rows(k), spec) for k in range(count)]
+
+
+def _join(first: Any, second: Any) -> Any:
+    """Two passes' outputs as one, candidate-major: tensor leaves concatenated in dim 0, others from ``first``."""
+    a, spec = pytree.tree_flatten(first)
+    b, other = pytree.tree_flatten(second)
+    if spec != other:
+        raise PagcpError("the two halves of a split candidate pass returned outputs of different structure")
+    return pytree.tree_unflatten([torch.cat([x, y]) if isinstance(x, torch.Tensor) else x for x, y in zip(a, b)], spec)
+
+
+class _PrefixCache:
+    """One unit's prefix values per batch: computed on demand, kept across chunks while they fit ``limit`` bytes."""
+
+    def __init__(self, compute: Callable[[int], dict[fx.Node, Any]], batches: int, limit: int):
+        self.compute = compute
+        self.batches = batches
+        self.limit = limit
+        self.entries: dict[int, dict[fx.Node, Any]] = {}
+        self.keeping = True
+
+    def get(self, b: int) -> dict[fx.Node, Any]:
+        """Batch ``b``'s prefix values; computing batch 0 decides whether any entries are kept (all must fit)."""
+        cached = self.entries.get(b)
+        if cached is not None:
+            return cached
+        cached = self.compute(b)
+        if self.keeping:
+            self.entries[b] = cached
+            if b == 0 and _nbytes(cached) * self.batches > self.limit:  # all batches would not fit: keep none
+                self.keeping = False
+                self.entries.clear()
+        return cached
 
 
 class SubsetOracle:
@@ -241,7 +261,12 @@ class SubsetOracle:
         with record_function("pagcp.suffix"):
             out = self._run_candidates(unit, cached, masks)
         n = inputs.shape[0]
-        return torch.stack([self._batch_losses(_take(out, k * n, (k + 1) * n), targets, n) for k in range(len(masks))])
+        return torch.stack([self._batch_losses(o, targets, n) for o in _candidate_outputs(out, len(masks), n)])
+
+    def _prefix(self, unit: str, b: int) -> dict[fx.Node, Any]:
+        """Batch ``b``'s prefix values of ``unit`` (compact, in the oracle's precision): a prefix cache entry."""
+        with record_function("pagcp.prefix"), self._precision():
+            return self.executor.prefix([self.batches[b][0]], unit)
 
     def losses(self, keep: Keep) -> torch.Tensor:
         """Per-task loss sums (float64) of the network pruned by ``keep``."""
@@ -263,54 +288,54 @@ class SubsetOracle:
         self, keep: Keep, unit: str, candidates: Sequence[torch.Tensor], bound: torch.Tensor
     ) -> list[Evaluation]:
         """Candidates of ``unit`` in order, up to and including the first whose losses exceed ``bound``."""
-        ex = self.executor
-        ex.set_keep(keep)
-        prefix_cache: dict[int, dict[fx.Node, Any]] = {}
-        keep_cache = True
+        self.executor.set_keep(keep)
+        cache = _PrefixCache(lambda b: self._prefix(unit, b), len(self.batches), self.cache_bytes)
         results: list[Evaluation] = []
         start = 0
         bound = bound.double()
         while start < len(candidates):
             if self.auto_chunk and start > 0:  # every process gets here at the same candidate
-                cached = prefix_cache.get(0)
-                if cached is None:
-                    with self._precision():
-                        cached = ex.prefix([self.batches[0][0]], unit)
-                self._size_chunk(unit, cached, candidates[start])
+                self._size_chunk(unit, cache.get(0), candidates[start])
             chunk = list(candidates[start : start + self.chunk])
-            sums = torch.zeros(len(chunk), len(self.tasks), dtype=torch.float64)
-            active = list(range(len(chunk)))
-            first_trip: int | None = None
-            self.evaluations += len(chunk)
-            for b in range(self.shard.steps(len(self.batches))):
-                step = torch.zeros(len(active), len(self.tasks), dtype=torch.float64)
-                batch = self._batch(b)
-                if batch is not None:
-                    cached = prefix_cache.get(b)
-                    if cached is None:
-                        with record_function("pagcp.prefix"):
-                            with self._precision():
-                                cached = ex.prefix([batch[0]], unit)
-                        if keep_cache:
-                            prefix_cache[b] = cached
-                            if b == 0 and _nbytes(cached) * len(self.batches) > self.cache_bytes:
-                                keep_cache = False
-                                prefix_cache.clear()
-                    step = self._step_losses(unit, cached, [chunk[i] for i in active], batch)
-                sums[active] += self.shard.sum(step)  # every process sees the same partial sums
-                over = [i for i in active if bool((sums[i] > bound).any())]
-                if over:
-                    trip = over[0]
-                    first_trip = trip if first_trip is None else min(first_trip, trip)
-                    active = [i for i in active if i < first_trip]
-                if not active:
-                    break
-            stop = len(chunk) if first_trip is None else first_trip + 1
-            for i in range(stop):
-                results.append(Evaluation(sums[i].clone(), complete=first_trip is None or i < first_trip))
-            if self.on_candidates is not None:
-                self.on_candidates(len(results))
-            if first_trip is not None:
+            sums, trip = self._evaluate_chunk(unit, chunk, cache, bound)
+            stop = len(chunk) if trip is None else trip + 1
+            results += [Evaluation(sums[i].clone(), complete=trip is None or i < trip) for i in range(stop)]
+            self._report(len(results))
+            if trip is not None:
                 return results
             start += len(chunk)
         return results
+
+    def _evaluate_chunk(
+        self, unit: str, chunk: list[torch.Tensor], cache: _PrefixCache, bound: torch.Tensor
+    ) -> tuple[torch.Tensor, int | None]:
+        """One chunk over the lockstep batches: per-candidate loss sums (len(chunk) x tasks, float64, partial
+        from the first trip on) and the first candidate over ``bound`` (None: none)."""
+        sums = torch.zeros(len(chunk), len(self.tasks), dtype=torch.float64)
+        active = list(range(len(chunk)))
+        trip: int | None = None
+        self.evaluations += len(chunk)
+        for b in range(self.shard.steps(len(self.batches))):
+            step = torch.zeros(len(active), len(self.tasks), dtype=torch.float64)
+            batch = self._batch(b)
+            if batch is not None:
+                step = self._step_losses(unit, cache.get(b), [chunk[i] for i in active], batch)
+            sums[active] += self.shard.sum(step)  # every process sees the same partial sums
+            trip = self._first_trip(sums, active, bound, trip)
+            active = [i for i in active if trip is None or i < trip]  # a trip stops it and every later one
+            if not active:
+                break
+        return sums, trip
+
+    @staticmethod
+    def _first_trip(sums: torch.Tensor, active: list[int], bound: torch.Tensor, trip: int | None) -> int | None:
+        """The earliest candidate whose partial sums exceed ``bound`` in any task (``trip``: the earliest so far)."""
+        over = [i for i in active if bool((sums[i] > bound).any())]
+        if not over:
+            return trip
+        return over[0] if trip is None else min(trip, over[0])
+
+    def _report(self, decided: int) -> None:
+        """Progress: tells ``on_candidates`` how many candidates of the current ``evaluate`` call are decided."""
+        if self.on_candidates is not None:
+            self.on_candidates(decided)

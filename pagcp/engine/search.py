@@ -190,10 +190,11 @@ class Search:
             evaluations=self.oracle.evaluations - evals_before, round=st.round,
         )  # fmt: skip
         if accepted is not None:
-            if tripped is None and s.compat == "reference":
+            late = s.mode.all_passed_ratio_index
+            if tripped is None and late is not None:
                 # the reference leaves such a unit unpruned during the search and prunes it at the ratio one place
                 # before the last at the end (its final step assumes the last entry tripped)
-                self._record(decision, keep, masks, len(s.ratios) - 2, losses_at)
+                self._record(decision, keep, masks, late % len(s.ratios), losses_at)
             else:  # accept the last passing ratio: remove its channels, decay the threshold, ratchet the base
                 st.keep = self._record(decision, keep, masks, accepted, losses_at)
                 st.thres *= st.lam

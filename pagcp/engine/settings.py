@@ -1,4 +1,9 @@
-"""Settings of a PAGCP search: the reference's hyper-parameters plus this engine's extensions."""
+"""Settings of a PAGCP search: the reference's hyper-parameters plus this engine's extensions.
+
+:class:`PruneSettings` is what decides the search's outcome (and what a resumed search must share); how a
+search is executed (candidates per pass, device, replay) is not in it. Its ``compat`` names a
+:class:`pagcp.engine.compat.Compat`, the one object holding every difference from the reference.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import numpy as np
-
+from pagcp.engine.compat import COMPAT, COMPAT_MODES, RATIOS, REFERENCE_RATIOS, Compat, compat_mode
 from pagcp.errors import ConfigError
 
-#: The 19 candidate ratios, fractions of a unit's current width, as exact decimals 0.05 ... 0.95.
-RATIOS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
-#: The reference's ratios: numpy's 19-point linspace from 0.05 to 0.95 in float64, where e.g. the 8th is
-#: 0.39999999999999997 and the 10th 0.49999999999999994 (``--compat reference`` uses these).
-REFERENCE_RATIOS: tuple[float, ...] = tuple(float(r) for r in np.linspace(0.05, 0.95, 19))
+__all__ = ["COMPAT_MODES", "COMPRESSIONS", "RATIOS", "REFERENCE_RATIOS", "SALIENCIES", "PruneSettings", "pruned_count"]
+
 COMPRESSIONS = ("global", "backbone")
-COMPAT_MODES = ("default", "reference")
+#: keys that older state files may hold in their settings but that never decide a search (how it is executed)
+EXECUTION_KEYS = ("chunk",)
 #: filter weights (l1: mean |w|, l2: RMS w) or activations on the oracle's data (act: mean |output|)
 SALIENCIES = ("l1", "l2", "act")
 
@@ -43,19 +45,23 @@ class PruneSettings:
     reach_gflops: float | None = None
     max_rounds: int = 8
     backbone_layers: int = 10
-    chunk: int = 0  # candidates per oracle pass; 0 = choose from the device (4 on a CPU, 19 on a GPU)
     units: list[str] | None = field(default=None)  # explicit unit names (Python API); None = by compression
 
     def __post_init__(self) -> None:
         self.ratios = tuple(float(r) for r in self.ratios)
-        if self.compat == "reference" and self.ratios == RATIOS:
-            self.ratios = REFERENCE_RATIOS
+        if self.ratios == RATIOS:  # no ratios of its own: the mode's
+            self.ratios = compat_mode(self.compat).ratios
         self.validate()
+
+    @property
+    def mode(self) -> Compat:
+        """The compatibility mode's :class:`~pagcp.engine.compat.Compat` (every difference from the reference)."""
+        return COMPAT[self.compat]
 
     @property
     def exact_counts(self) -> bool:
         """Channel counts from the ratios as exact decimals (default), or float64 products (the reference)."""
-        return self.compat != "reference"
+        return self.mode.exact_counts
 
     def validate(self) -> None:
         def bad(flag: str, why: str) -> ConfigError:
@@ -75,8 +81,7 @@ class PruneSettings:
             raise bad("compression", f"{self.compression!r}; use one of {', '.join(COMPRESSIONS)}")
         if self.saliency not in SALIENCIES:
             raise bad("saliency", f"{self.saliency!r}; use one of {', '.join(SALIENCIES)}")
-        if self.compat not in COMPAT_MODES:
-            raise bad("compat", f"{self.compat!r}; use one of {', '.join(COMPAT_MODES)}")
+        compat_mode(self.compat)
         if self.target_gflops is not None and not 0 < self.target_gflops < 1:
             raise bad("target_gflops", f"{self.target_gflops} must be a fraction of the original GFLOPs in (0, 1)")
         if self.reach_gflops is not None and not (
@@ -85,8 +90,6 @@ class PruneSettings:
             raise ConfigError(f"reach_gflops {self.reach_gflops}: needs a target_gflops <= it and must be < 1")
         if self.max_rounds < 1:
             raise bad("max_rounds", f"{self.max_rounds} must be >= 1")
-        if self.chunk < 0:
-            raise bad("chunk", f"{self.chunk} must be >= 0")
 
     def rate_and_bound(self, round_index: int) -> tuple[float, float]:
         """(a, T) of a round: a = initial_rate + rate_slope·round; T = initial_thres + thres_slope·round."""
@@ -104,6 +107,7 @@ class PruneSettings:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PruneSettings:
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in EXECUTION_KEYS}  # written by older versions
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown pruning settings: {', '.join(unknown)}; known: {', '.join(sorted(names))}")

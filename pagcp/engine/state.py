@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pagcp.engine.settings import EXECUTION_KEYS
 from pagcp.errors import PagcpError
 from pagcp.graph import Keep, KeepLayout
 from pagcp.runs import write_json_atomic
@@ -90,7 +91,8 @@ class SearchState:
         data = json.loads(path.read_text())
         if data.get("version") != STATE_VERSION:
             raise PagcpError(f"{path}: state version {data.get('version')} is not {STATE_VERSION}")
-        saved = {**dict.fromkeys(settings), **data["settings"]}  # a setting added since: None when saved
+        saved = {k: v for k, v in data["settings"].items() if k not in EXECUTION_KEYS}  # older files hold them
+        saved = {**dict.fromkeys(settings), **saved}  # a setting added since: None when saved
         if saved != settings:
             diff = sorted(k for k in saved if saved[k] != settings.get(k))
             raise PagcpError(

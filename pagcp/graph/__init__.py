@@ -7,8 +7,9 @@ the :class:`Keep` type (:mod:`.keep`) -> analytic FLOPs/params (:mod:`.counts`);
 """
 
 from pagcp.graph.channel_graph import ChannelGraph
+from pagcp.graph.heads import HeadMatcher, HeadReads
 from pagcp.graph.keep import Keep, KeepLayout
 from pagcp.graph.trace import trace
 from pagcp.graph.units import ChannelRef, Unit
 
-__all__ = ["ChannelGraph", "ChannelRef", "Keep", "KeepLayout", "Unit", "trace"]
+__all__ = ["ChannelGraph", "ChannelRef", "HeadMatcher", "HeadReads", "Keep", "KeepLayout", "Unit", "trace"]

@@ -24,7 +24,7 @@ from torch import fx, nn
 from pagcp.errors import ConfigError, PagcpError
 from pagcp.graph.channels import ChannelAnalysis, ModuleChannels
 from pagcp.graph.counts import Counter
-from pagcp.graph.heads import leaf_head_consumers
+from pagcp.graph.heads import HeadMatcher
 from pagcp.graph.keep import Keep, KeepLayout, PrunePlan
 from pagcp.graph.masks import masked
 from pagcp.graph.shapes import ConvCall, propagate_shapes
@@ -47,7 +47,13 @@ class ChannelGraph:
     ``pinned`` (reason -> number of conv output channels that can never be pruned).
     """
 
-    def __init__(self, model: nn.Module, gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]):
+    def __init__(
+        self,
+        model: nn.Module,
+        gm: fx.GraphModule,
+        inputs: tuple[torch.Tensor, ...],
+        head_reads: HeadMatcher | None = None,
+    ):
         self.model = model
         self.gm = gm
         self.input_shapes = [tuple(t.shape) for t in inputs]
@@ -55,7 +61,7 @@ class ChannelGraph:
         record = propagate_shapes(gm, inputs, self._names)
         self.node_shapes = record.node_shapes
         self._conv_calls: dict[tuple, dict[str, list[ConvCall]]] = {self._shape_key(inputs): record.conv_calls}
-        analysis = ChannelAnalysis(gm, record, leaf_head_consumers).run()
+        analysis = ChannelAnalysis(gm, record, head_reads).run()
         table = build_units(analysis)
         self.units: list[Unit] = table.units
         self.modules: dict[str, ModuleChannels] = table.modules

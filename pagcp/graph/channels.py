@@ -17,14 +17,13 @@ is listed in :mod:`pagcp.graph.op_rules`; the classes live in a :class:`~pagcp.g
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from pagcp.graph.heads import HeadReads
+from pagcp.graph.heads import HeadMatcher, HeadReads, checked_reads, probe_readers
 from pagcp.graph.op_rules import (
     BATCH_NORMS,
     CATS,
@@ -87,17 +86,13 @@ def _normalize_dim(dim: int, ndim: int) -> int:
     return dim + ndim if dim < 0 else dim
 
 
-#: a leaf module's reads of its inputs (see :mod:`pagcp.graph.heads`); None: the leaf is opaque
-LeafConsumers = Callable[[str, nn.Module, list[torch.Tensor]], "HeadReads | None"]
-
-
 class ChannelAnalysis:
     """Walks a traced graph once and records channel ids, unions, pins and prunable modules."""
 
-    def __init__(self, gm: fx.GraphModule, shapes: ShapeRecord, leaf_consumers: LeafConsumers):
+    def __init__(self, gm: fx.GraphModule, shapes: ShapeRecord, head_reads: HeadMatcher | None = None):
         self.gm = gm
         self.shapes = shapes.node_shapes
-        self.leaf_consumers = leaf_consumers
+        self.head_reads = head_reads
         self.uf = UnionFind()
         self.modules: dict[str, ModuleChannels] = {}
         self.layouts: dict[str, Layout] = {}
@@ -351,17 +346,56 @@ class ChannelAnalysis:
         if isinstance(module, CHANNELWISE_MODULES) and len(node.args) == 1 and not node.kwargs:
             return self._elementwise(node, node.args)
         if not is_torch_nn_module(module):
-            inputs = _tensors(self._layout((node.args, tuple(node.kwargs.values()))))
-            reads = self.leaf_consumers(name, module, inputs)
-            if reads is not None:
-                for i, reason in reads.pinned.items():
-                    self.uf.pin(inputs[i], reason)
-                for conv_name, conv, i in reads.convs:
-                    outs = self.uf.new(conv.out_channels, f"output of leaf module {name}")
-                    self._record(conv_name, "conv", conv, inputs[i], outs)
-                return self._fresh(out, f"output of leaf module {name}")
-            return self._opaque(node, f"leaf module {name} ({type(module).__name__})")
+            return self._leaf(node, name, module)
         return self._opaque(node, f"module {name} ({type(module).__name__})")
+
+    def _leaf(self, node: fx.Node, name: str, module: nn.Module) -> Layout:
+        """A leaf module: a head the matcher recognises is pruned on the input side of the convs it lists (checked
+        by running it once, :func:`pagcp.graph.heads.checked_reads`); any other leaf is opaque."""
+        inputs = _tensors(self._layout((node.args, tuple(node.kwargs.values()))))
+        reads = self.head_reads(name, module, inputs) if self.head_reads is not None else None
+        if reads is None:
+            return self._opaque(node, f"leaf module {name} ({type(module).__name__})")
+        args, values = self._zero_args(node, module)
+        try:
+            if len(values) != len(inputs):
+                raise ValueError(f"{len(values)} input values for {len(inputs)} channel layouts")
+            reads = checked_reads(name, reads, probe_readers(module, args, values), len(inputs))
+        except Exception as e:  # noqa: BLE001 - what cannot be checked is not pruned
+            why = f"inputs of leaf head {name}, whose readers could not be checked ({type(e).__name__}: {e})"
+            reads = HeadReads([], dict.fromkeys(range(len(inputs)), why))
+        for i, reason in reads.pinned.items():
+            self.uf.pin(inputs[i], reason)
+        for conv_name, conv, i in reads.convs:
+            outs = self.uf.new(conv.out_channels, f"output of leaf module {name}")
+            self._record(conv_name, "conv", conv, inputs[i], outs)
+        return self._fresh(self.shapes[node.name], f"output of leaf module {name}")
+
+    def _zero_args(self, node: fx.Node, module: nn.Module) -> tuple[tuple, list[torch.Tensor]]:
+        """Zero tensors of the recorded shapes in place of ``node``'s positional arguments, and the ones of them
+        that carry a channel layout, in the order of :func:`_tensors` (the head's inputs)."""
+        param = next(module.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        values: list[torch.Tensor] = []
+
+        def build(arg: Any, layout: Layout, shape: ShapeTree) -> Any:
+            if isinstance(shape, torch.Size):
+                value = torch.zeros(shape, device=device)
+                if isinstance(layout, torch.Tensor):
+                    values.append(value)
+                return value
+            if isinstance(shape, tuple) and isinstance(layout, tuple) and len(shape) == len(layout):
+                return [build(None, lay, sh) for lay, sh in zip(layout, shape)]
+            return None
+
+        def walk(arg: Any) -> Any:
+            if isinstance(arg, fx.Node):
+                return build(arg, self.layouts.get(arg.name), self.shapes.get(arg.name))
+            if isinstance(arg, (list, tuple)):
+                return [walk(a) for a in arg]
+            return arg
+
+        return tuple(walk(a) for a in node.args), values
 
     def _record(self, name: str, kind: str, module: nn.Module, in_ids, out_ids) -> None:
         previous = self.modules.get(name)

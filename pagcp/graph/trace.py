@@ -1,7 +1,8 @@
 """Tracing: a CNN symbolically traced once with torch.fx into a :class:`~pagcp.graph.channel_graph.ChannelGraph`.
 
-Conv2d, BatchNorm and activations are leaves as usual, so are YOLO ``Detect`` heads (recognised by class
-name, whatever zoo they come from) and any module named in ``leaf_modules``. When fx fails, the error names
+Conv2d, BatchNorm and activations are leaves as usual, so is any module named in ``leaf_modules`` (a model
+family's head, :mod:`pagcp.families`); ``head_reads``, a family's head matcher, says which convs inside such a
+leaf read its inputs (:mod:`pagcp.graph.heads`). When fx fails, the error names
 the innermost module it was tracing and how to make it a leaf. A forward that takes ``*args`` / ``**kwargs``
 (Ultralytics' ``forward(x, *args, **kwargs)``) is traced as called with the example inputs alone.
 """
@@ -18,6 +19,7 @@ from torch import fx, nn
 
 from pagcp.errors import TraceError
 from pagcp.graph.channel_graph import ChannelGraph
+from pagcp.graph.heads import HeadMatcher
 
 LeafSpec = str | type
 
@@ -43,8 +45,6 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
-            return True
-        if type(m).__name__ == "Detect":  # YOLO detection heads, from pagcp.models or any other zoo
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -139,7 +139,7 @@ def _symbolic_trace(model: nn.Module, n_inputs: int, leaf_modules: Iterable[Leaf
         raise TraceError(
             f"torch.fx cannot trace module '{name}' ({cls}): {type(e).__name__}: {e}. "
             f"Make it a leaf: pagcp.trace(model, x, leaf_modules=['{name}']) "
-            "(a leaf's input channels are then not prunable, unless it is a Detect-like head)."
+            "(a leaf's input channels are then not prunable, unless a head matcher lists the convs reading them)."
         ) from e
     return fx.GraphModule(model, graph, class_name=type(model).__name__)
 
@@ -148,14 +148,16 @@ def trace(
     model: nn.Module,
     example_input: torch.Tensor | Sequence[torch.Tensor],
     leaf_modules: Iterable[LeafSpec] = (),
+    head_reads: HeadMatcher | None = None,
 ) -> ChannelGraph:
     """Trace ``model`` once and build its channel graph.
 
     ``example_input``: a tensor (or a sequence of positional tensors) of the shape the model will
     run at. ``leaf_modules``: module qualified names or classes fx must not trace into (their input
-    channels become unprunable, except for Detect-like heads whose ``m[i]`` convs read input i).
+    channels become unprunable, unless ``head_reads`` lists the convs inside that read them; see
+    :mod:`pagcp.graph.heads`). ``pagcp.trace`` fills both in from the model's family.
     Raises TraceError naming the module fx could not trace.
     """
     inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
     gm = _symbolic_trace(model, len(inputs), tuple(leaf_modules))
-    return ChannelGraph(model, gm, inputs)
+    return ChannelGraph(model, gm, inputs, head_reads)

@@ -42,7 +42,8 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def fit_widths(model: nn.Module, state_dict: dict[str, torch.Tensor], groups: dict[str, int] | None = None) -> None:
-    """Resize every Conv2d / BatchNorm2d of ``model`` in place to the shapes found in ``state_dict``.
+    """Resize every Conv2d / BatchNorm2d / Linear of ``model`` in place to the shapes found in ``state_dict`` (a
+    pruned network's: a classifier's linear heads read fewer features when the trunk's last layer is pruned).
 
     ``groups`` (conv name -> groups) overrides the group count; otherwise a depthwise conv stays depthwise.
     """
@@ -75,6 +76,8 @@ def fit_widths(model: nn.Module, state_dict: dict[str, torch.Tensor], groups: di
                 weight.shape[0], module.eps, module.momentum, module.affine, module.track_running_stats
             )
             _set_submodule(model, name, new)
+        elif isinstance(module, nn.Linear) and tuple(weight.shape) != tuple(module.weight.shape):
+            _set_submodule(model, name, nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None))
 
 
 def conv_widths(model: nn.Module) -> dict[str, list[int]]:

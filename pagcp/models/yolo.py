@@ -217,6 +217,11 @@ class Model(nn.Module):
         self._init_biases()
 
     @property
+    def head(self) -> Detect:
+        """The Detect head (the last layer)."""
+        return self.model[-1]
+
+    @property
     def stride(self) -> torch.Tensor:
         return self.model[-1].stride
 

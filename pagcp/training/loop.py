@@ -98,9 +98,13 @@ def train(
     settings: TrainSettings,
     resume_state: dict | None = None,
     on_epoch_end: EpochCallback | None = None,
+    *,
+    stride: int,
 ) -> dict[str, Any]:
     """Train ``model`` on ``data`` (a data yaml, ``"demo"`` or a config dict) and return the final results.
 
+    ``stride`` is the multiple the model's image sizes must be (its family's ``stride(model)``; the YOLOv5
+    family's ``train`` passes it).
     ``settings.save_dir`` (and ``settings.data`` when unset) are filled in. ``resume_state`` is the training
     state from ``read_train_state`` (``model`` must then be its model).
     ``on_epoch_end(epoch, results)`` runs on every process after each epoch; returning True stops the run
@@ -113,17 +117,17 @@ def train(
     device = select_device(settings.device, local_rank, world)
     own_group = init_distributed(device)
     try:
-        return _run(model, data, settings, resume_state, on_epoch_end, rank, world, device, start_time)
+        return _run(model, data, settings, resume_state, on_epoch_end, rank, world, device, start_time, stride)
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run(model, data, s: TrainSettings, resume_state, on_epoch_end, rank, world, device, start_time):
+def _run(model, data, s: TrainSettings, resume_state, on_epoch_end, rank, world, device, start_time, stride):
     main = rank == 0
     cfg = load_data_config(data)
     hyp = load_hyp(s.hyp)
-    stride = check_settings(model, cfg, s, world)
+    check_settings(cfg, s, world, stride)
     s.data = s.data or (data if isinstance(data, str) else cfg.get("yaml_file"))
     unwrap(model).names = list(cfg["names"])
     save_dir = open_run_dir(s, hyp, world, resuming=resume_state is not None, main=main)

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from torch import nn
-
 from pagcp.errors import ConfigError
-from pagcp.training.ema import unwrap
 from pagcp.training.optim import NOMINAL_BATCH, WARMUP_MIN_ITERS
 
 
@@ -36,24 +33,15 @@ class TrainSettings:
     data: str | None = None  # data spec as given ("demo", a yaml path)
 
 
-def check_settings(model: nn.Module, cfg: dict, s: TrainSettings, world: int) -> int:
-    """Raise ``ConfigError`` when the settings do not fit the model, data config or process count.
-
-    Returns the model's stride (at least 32), the multiple every image size must be.
-    """
-    stride = int(max(unwrap(model).stride.max().item(), 32))
+def check_settings(cfg: dict, s: TrainSettings, world: int, stride: int) -> None:
+    """Raise ``ConfigError`` when the settings do not fit the data config, the process count or the model's
+    ``stride`` (the multiple every image size must be, as its family says). The model's class count is checked
+    against the data by its family before training starts."""
     if s.img_size % stride:
         raise ConfigError(f"--img {s.img_size}: must be a multiple of the model's max stride {stride}")
     if s.epochs < 1:
         raise ConfigError(f"--epochs {s.epochs}: must be at least 1")
     if s.batch_size < 1 or s.batch_size % world:
         raise ConfigError(f"--batch {s.batch_size}: must be a positive multiple of the process count {world}")
-    nc = int(unwrap(model).nc)
-    if nc != cfg["nc"]:
-        raise ConfigError(
-            f"--data {s.data}: has nc={cfg['nc']} classes but the model (--weights/--cfg) has "
-            f"nc={nc}; train a model built for this data (e.g. --cfg yolov5n) or use matching data"
-        )
     if not cfg.get("train"):
         raise ConfigError(f"--data {s.data}: no 'train' split")
-    return stride

@@ -1,4 +1,9 @@
-"""The pruning report: ``report.json``, ``report.md``, the channels-per-unit plot and the console table."""
+"""The pruning report: ``report.json``, ``report.md``, the channels-per-unit and cycles plots, the console tables.
+
+The report's figures are the model family's metrics (``report["metrics"]``; box mAP50-95 and mAP50 for the
+YOLO families), each as ``<metric>_before``, ``_after`` (pruned) and ``_finetuned``, and per cycle as
+``<metric>_pruned`` and ``_finetuned``; ``report["primary_metric"]`` is the one the cycle table and plot show.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,8 @@ REQUIRED = (
     "params_after",
     "gflops_before",
     "gflops_after",
-    "map50_before",
-    "map50_95_before",
-    "map50_after",
-    "map50_95_after",
-    "map50_finetuned",
-    "map50_95_finetuned",
+    "metrics",
+    "primary_metric",
     "img_size",
     "subset",
     "evaluations",
@@ -33,28 +34,32 @@ REQUIRED = (
 )
 
 
+#: how the report names the metrics it knows (any other is shown by its key)
+METRIC_LABELS = {"map50_95": "mAP50-95", "map50": "mAP50"}
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
 def summary_table(report: dict[str, Any]) -> str:
-    """Params, GFLOPs, mAP50 and mAP50-95 before, after pruning and after fine-tuning."""
-    rows = [
-        ("before", report["params_before"], report["gflops_before"], report["map50_before"], report["map50_95_before"]),
-        ("pruned", report["params_after"], report["gflops_after"], report["map50_after"], report["map50_95_after"]),
-        (
-            "fine-tuned",
-            report["params_after"],
-            report["gflops_after"],
-            report["map50_finetuned"],
-            report["map50_95_finetuned"],
-        ),
-    ]
-    if report["map50_95_finetuned"] is None:  # --finetune-epochs 0: there is no fine-tuned model
+    """Params, GFLOPs and the family's metrics before, after pruning and after fine-tuning."""
+    metrics = report["metrics"]
+    rows = [("before", report["params_before"], report["gflops_before"], "before"),
+            ("pruned", report["params_after"], report["gflops_after"], "after"),
+            ("fine-tuned", report["params_after"], report["gflops_after"], "finetuned")]  # fmt: skip
+    if report[f"{metrics[0]}_finetuned"] is None:  # --finetune-epochs 0: there is no fine-tuned model
         rows.pop()
-    lines = [f"{'model':>12s} {'params':>12s} {'GFLOPs':>8s} {'mAP50':>7s} {'mAP50-95':>9s}"]
-    for name, params, gflops, m50, m5095 in rows:
-        lines.append(f"{name:>12s} {params:>12,d} {gflops:8.3f} {_fmt(m50, '7.4f'):>7s} {_fmt(m5095, '9.4f'):>9s}")
+    widths = [max(9, len(metric_label(m))) for m in metrics]
+    head = " ".join(f"{metric_label(m):>{w}s}" for m, w in zip(metrics, widths))
+    lines = [f"{'model':>12s} {'params':>12s} {'GFLOPs':>8s} {head}"]
+    for name, params, gflops, key in rows:
+        values = " ".join(f"{_fmt(report[f'{m}_{key}'], f'{w}.4f'):>{w}s}" for m, w in zip(metrics, widths))
+        lines.append(f"{name:>12s} {params:>12,d} {gflops:8.3f} {values}")
     return "\n".join(lines)
 
 
@@ -76,13 +81,14 @@ def unit_outcome(u: dict[str, Any], topk: float) -> str:
     return "kept whole"
 
 
-def cycles_table(cycles: list[dict[str, Any]]) -> str:
-    """One row per prune -> fine-tune cycle."""
-    lines = ["| cycle | round | GFLOPs | params | mAP50-95 pruned | mAP50-95 fine-tuned | search s | evaluations |",
+def cycles_table(cycles: list[dict[str, Any]], metric: str = "map50_95") -> str:
+    """One row per prune -> fine-tune cycle, with ``metric`` (the family's first) after its search and fine-tune."""
+    label = metric_label(metric)
+    lines = [f"| cycle | round | GFLOPs | params | {label} pruned | {label} fine-tuned | search s | evaluations |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for c in cycles:
         lines.append(f"| {c['cycle']} | {c['round']} | {c['gflops']:.4f} | {c['params']:,} | "
-                     f"{c['map50_95_pruned']:.4f} | {_fmt(c['map50_95_finetuned'], '.4f')} | "
+                     f"{c[f'{metric}_pruned']:.4f} | {_fmt(c[f'{metric}_finetuned'], '.4f')} | "
                      f"{c['search_seconds']:.1f} | {c['evaluations']} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -109,7 +115,6 @@ def units_table(units: list[dict[str, Any]], topk: float) -> str:
 def _outputs(report: dict[str, Any]) -> list[str]:
     """The files of the run and the commands that use them."""
     run_dir = Path(report.get("run_dir", "."))
-    img, data = report["img_size"], report.get("data")
     files = [
         f"- `{report.get('pruned', run_dir / 'pruned.pt')}`: the pruned model (`pagcp.load_model` reads it)",
         f"- `{run_dir / 'channels.png'}`: channels kept and removed per unit",
@@ -118,7 +123,9 @@ def _outputs(report: dict[str, Any]) -> list[str]:
     ]
     if len(report.get("cycles", [])) > 1:
         files[2] = f"- `{run_dir / 'cycle*'}`: each cycle's `state.json`, `pruned.pt`, `finetune/`, `finetuned.pt`"
-        files.append(f"- `{run_dir / 'cycles.png'}`: mAP50-95 against GFLOPs across the cycles")
+        files.append(
+            f"- `{run_dir / 'cycles.png'}`: {metric_label(report['primary_metric'])} against GFLOPs across the cycles"
+        )
     latency = report.get("latency") or {}
     if "pruned" in latency:
         files.append(f"- `{latency['pruned']['onnx']}`: the final model in ONNX (ONNX Runtime ran it for the latency)")
@@ -126,20 +133,9 @@ def _outputs(report: dict[str, Any]) -> list[str]:
     if report.get("finetuned"):
         best = report["finetuned"]
         files.insert(1, f"- `{best}`: the pruned model after fine-tuning; curves in `{run_dir / 'finetune'}`")
-    return [
-        "## Outputs",
-        "",
-        *files,
-        "",
-        "Validate, or fine-tune further:",
-        "",
-        "```bash",
-        f"python -m pagcp.val --weights {best} --data {data} --img {img}",
-        f"python -m pagcp.train --weights {best} --data {data} --img {img} --epochs 100",
-        f"python -m pagcp.export --weights {best} --img {img}",
-        "```",
-        "",
-    ]
+    commands = [c.replace("{weights}", str(best)) for c in report.get("commands", [])]
+    usage = ["Validate, fine-tune further or export it:", "", "```bash", *commands, "```", ""] if commands else []
+    return ["## Outputs", "", *files, "", *usage]
 
 
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
@@ -153,7 +149,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"topk {s['topk']}, compression {s['compression']}, saliency {s['saliency']}, compat {s['compat']}, "
         f"λ = {report['lambda']:.6f}",
         f"- oracle: {report['subset']} images of the {report['oracle_split']} split (listed in "
-        f"`oracle_images.txt`); mAP is measured on the val split",
+        f"`oracle_images.txt`); {', '.join(metric_label(m) for m in report['metrics'])} measured on the val split",
         f"- search: {report['evaluations']} candidate evaluations in {report['search_seconds']:.1f} s; "
         f"ended by: {report['stop_rule']}",
         *latency_lines(report.get("latency")),
@@ -163,7 +159,14 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "```",
         "",
         *(
-            ["## Cycles", "", cycles_table(report["cycles"]), "", "![mAP50-95 against GFLOPs](cycles.png)", ""]
+            [
+                "## Cycles",
+                "",
+                cycles_table(report["cycles"], report["primary_metric"]),
+                "",
+                f"![{metric_label(report['primary_metric'])} against GFLOPs](cycles.png)",
+                "",
+            ]
             if len(report["cycles"]) > 1
             else []
         ),
@@ -229,30 +232,31 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> None:
 
 
 def plot_cycles(path: Path, report: dict[str, Any]) -> None:
-    """mAP50-95 against GFLOPs: the original, then each cycle after its search and after its fine-tune."""
+    """The primary metric against GFLOPs: the original, then each cycle after its search and after its fine-tune."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    m = report["primary_metric"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    xs, ys = [report["gflops_before"]], [report["map50_95_before"]]
+    xs, ys = [report["gflops_before"]], [report[f"{m}_before"]]
     ax.annotate("original", (xs[0], ys[0]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     for c in report["cycles"]:
         xs.append(c["gflops"])
-        ys.append(c["map50_95_pruned"])
-        ax.annotate(f"cycle {c['cycle']}", (c["gflops"], c["map50_95_pruned"]), textcoords="offset points",
+        ys.append(c[f"{m}_pruned"])
+        ax.annotate(f"cycle {c['cycle']}", (c["gflops"], c[f"{m}_pruned"]), textcoords="offset points",
                     xytext=(4, -10), fontsize=8)  # fmt: skip
-        if c["map50_95_finetuned"] is not None:
+        if c[f"{m}_finetuned"] is not None:
             xs.append(c["gflops"])
-            ys.append(c["map50_95_finetuned"])
+            ys.append(c[f"{m}_finetuned"])
     ax.plot(xs, ys, "-o", color="#2e86de", label="search (down) and fine-tune (up) of each cycle")
-    if report.get("map50_95_finetuned") is not None:
-        ax.plot([report["gflops_after"]], [report["map50_95_finetuned"]], "*", ms=14, color="#ee5253",
+    if report.get(f"{m}_finetuned") is not None:
+        ax.plot([report["gflops_after"]], [report[f"{m}_finetuned"]], "*", ms=14, color="#ee5253",
                 label="after the final fine-tune")  # fmt: skip
     ax.invert_xaxis()
     ax.set_xlabel("GFLOPs (pruning goes right)")
-    ax.set_ylabel("mAP50-95 (val)")
+    ax.set_ylabel(f"{metric_label(m)} (val)")
     ax.set_title("PAGCP cycles: accuracy against compute")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
