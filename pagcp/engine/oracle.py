@@ -1,7 +1,7 @@
 """The subset oracle: per-task loss sums of the network under keep-masks, fast.
 
 - The data: fixed batches, decoded once and kept on the device (for YOLO: a seeded subset of a split,
-  prepared exactly as the validation loader prepares it, see :mod:`pagcp.engine.yolo`).
+  prepared exactly as the validation loader prepares it, see :mod:`pagcp.engine.oracle_data`).
 - Compact execution of the decided units and candidate execution of the unit under test
   (:class:`pagcp.engine.executor.Executor`).
 - For one unit, every activation upstream of it is computed once per batch (the prefix cache,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from pagcp.graph.heads import HeadMatcher, HeadReads, checked_reads, probe_readers
+from pagcp.graph.heads import HeadMatcher, HeadReads, checked_reads, probe_readers, zero_args
 from pagcp.graph.op_rules import (
     BATCH_NORMS,
     CATS,
@@ -356,7 +356,9 @@ class ChannelAnalysis:
         reads = self.head_reads(name, module, inputs) if self.head_reads is not None else None
         if reads is None:
             return self._opaque(node, f"leaf module {name} ({type(module).__name__})")
-        args, values = self._zero_args(node, module)
+        param = next(module.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        args, values = zero_args(node, self.layouts, self.shapes, device)
         try:
             if len(values) != len(inputs):
                 raise ValueError(f"{len(values)} input values for {len(inputs)} channel layouts")
@@ -370,32 +372,6 @@ class ChannelAnalysis:
             outs = self.uf.new(conv.out_channels, f"output of leaf module {name}")
             self._record(conv_name, "conv", conv, inputs[i], outs)
         return self._fresh(self.shapes[node.name], f"output of leaf module {name}")
-
-    def _zero_args(self, node: fx.Node, module: nn.Module) -> tuple[tuple, list[torch.Tensor]]:
-        """Zero tensors of the recorded shapes in place of ``node``'s positional arguments, and the ones of them
-        that carry a channel layout, in the order of :func:`_tensors` (the head's inputs)."""
-        param = next(module.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        values: list[torch.Tensor] = []
-
-        def build(arg: Any, layout: Layout, shape: ShapeTree) -> Any:
-            if isinstance(shape, torch.Size):
-                value = torch.zeros(shape, device=device)
-                if isinstance(layout, torch.Tensor):
-                    values.append(value)
-                return value
-            if isinstance(shape, tuple) and isinstance(layout, tuple) and len(shape) == len(layout):
-                return [build(None, lay, sh) for lay, sh in zip(layout, shape)]
-            return None
-
-        def walk(arg: Any) -> Any:
-            if isinstance(arg, fx.Node):
-                return build(arg, self.layouts.get(arg.name), self.shapes.get(arg.name))
-            if isinstance(arg, (list, tuple)):
-                return [walk(a) for a in arg]
-            return arg
-
-        return tuple(walk(a) for a in node.args), values
 
     def _record(self, name: str, kind: str, module: nn.Module, in_ids, out_ids) -> None:
         previous = self.modules.get(name)

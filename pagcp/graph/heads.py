@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
@@ -143,3 +143,31 @@ def checked_reads(name: str, reads: HeadReads, seen: dict[int, set[tuple[str, st
     # a listed conv the probe did not see reading its input is no consumer of it (its input stays whole above)
     convs = [c for c in reads.convs if c[0].removeprefix(f"{name}.") in {p for p, _ in readers.get(c[2], ())}]
     return HeadReads(convs, pinned)
+
+
+def zero_args(
+    node: fx.Node, layouts: dict[str, Any], shapes: dict[str, Any], device: torch.device
+) -> tuple[tuple, list[torch.Tensor]]:
+    """Zero tensors of the recorded ``shapes`` in place of a leaf call ``node``'s positional arguments (what
+    :func:`probe_readers` runs the head on), and those of them that carry a channel layout (``layouts``: a
+    tensor of channel ids, or a tuple of them), in argument order: the head's inputs."""
+    values: list[torch.Tensor] = []
+
+    def build(layout: Any, shape: Any) -> Any:
+        if isinstance(shape, torch.Size):
+            value = torch.zeros(shape, device=device)
+            if isinstance(layout, torch.Tensor):
+                values.append(value)
+            return value
+        if isinstance(shape, tuple) and isinstance(layout, tuple) and len(shape) == len(layout):
+            return [build(lay, sh) for lay, sh in zip(layout, shape)]
+        return None
+
+    def walk(arg: Any) -> Any:
+        if isinstance(arg, fx.Node):
+            return build(layouts.get(arg.name), shapes.get(arg.name))
+        if isinstance(arg, (list, tuple)):
+            return [walk(a) for a in arg]
+        return arg
+
+    return tuple(walk(a) for a in node.args), values
