@@ -8,6 +8,8 @@ Top-level API (imported lazily so that ``import pagcp`` stays cheap and never fa
 - ``prune(model, loss_fn, batches, example_input, **settings)`` -> PAGCP on any traceable CNN
 - ``prune_run(RunSettings(...))`` -> a whole run (cycles, slice, fine-tune, validate, report) on a family's
   model, resumable from its folder (:mod:`pagcp.pipeline`)
+- ``pagcp.ops`` (the kernels for other pruning methods), ``pagcp.families``, ``pagcp.pipeline``: reachable after a
+  plain ``import pagcp``
 - ``load_ultralytics(spec, nc=None)`` / ``save_ultralytics(model, path, **meta)``: Ultralytics YOLOv8 / YOLO11
   detectors (model yaml, ``.pt`` through an allow-listing unpickler; saved in Ultralytics' own format)
 """
@@ -39,10 +41,17 @@ _LAZY = {
     "PagcpError": "pagcp.errors",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+#: subpackages reachable as attributes of ``pagcp`` without importing them first (``pagcp.ops.backends()``)
+_SUBPACKAGES = ("families", "ops", "pipeline")
+
+__all__ = sorted([*_LAZY, *_SUBPACKAGES]) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        value = importlib.import_module(f"pagcp.{name}")
+        globals()[name] = value
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pagcp' has no attribute {name!r}")

@@ -97,7 +97,7 @@ def test_demo_cli_and_bad_out(tmp_path):
     assert "2 train + 2 val images" in run.stdout and (out / "data.yaml").is_file()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x.txt").write_text("x")
-    with pytest.raises(ConfigError, match="not empty"):
+    with pytest.raises(ConfigError, match="already holds other files"):
         generate_demo(str(tmp_path / "busy"), train=1, val=1, img=64)
 
 

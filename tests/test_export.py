@@ -132,8 +132,11 @@ def test_dynamic_export_runs_at_other_batch_and_sizes(tmp_path, demo):
         onnx_latency(static, 224)
 
 
-def test_default_output_is_weights_stem_in_current_folder(tmp_path, monkeypatch, capsys):
-    assert default_output("runs/prune/exp/finetuned.pt") == Path("finetuned.onnx")
+def test_default_output_is_beside_the_checkpoint_or_in_the_current_folder(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "runs" / "prune" / "exp"
+    run.mkdir(parents=True)
+    (run / "finetuned.pt").write_bytes(b"")
+    assert default_output(str(run / "finetuned.pt")) == run / "finetuned.onnx"  # not into the working tree
     assert default_output("yolov5n-demo") == Path("yolov5n-demo.onnx")
     assert default_output("yolov5s") == Path("yolov5s.onnx")
     monkeypatch.chdir(tmp_path)

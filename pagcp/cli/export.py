@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true", help="FP16 weights and input (needs a CUDA --device)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width axes")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default: torch's exporter default)")
-    p.add_argument("--output", default=None, help="output file (default: ./<weights stem>.onnx)")
+    p.add_argument("--output", default=None,
+                   help="output file (default: beside a checkpoint file; ./<name>.onnx for a bundled or config "
+                        "name)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="device the model is exported from: cpu, 0 or cuda:0")
     p.add_argument(
         "--check",
@@ -63,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_output(weights: str) -> Path:
-    """``./<stem>.onnx`` in the current folder: ``runs/prune/exp/finetuned.pt`` -> ``./finetuned.onnx``."""
-    return Path(Path(str(weights)).stem + ".onnx")
+    """Beside a checkpoint file (``runs/prune/exp/finetuned.pt`` -> ``runs/prune/exp/finetuned.onnx``), in the
+    current folder for a bundled or config name (``yolov5n-demo`` -> ``./yolov5n-demo.onnx``)."""
+    path = Path(str(weights))
+    return path.with_suffix(".onnx") if path.is_file() else Path(path.stem + ".onnx")
 
 
 def _check_args(args: argparse.Namespace) -> None:

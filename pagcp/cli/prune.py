@@ -42,7 +42,8 @@ def _subset(text: str) -> int | str:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog=PROG,
-        description=__doc__.split("\n")[0],
+        description="PAGCP on a model of any registered family (YOLOv5, Ultralytics detection): search, slice, "
+        "fine-tune, validate, report.",
     )
     _model_flags(p.add_argument_group("model and data (YOLOv5's names)"))
     _rule_flags(p.add_argument_group("the decision rule (the reference's names; underscore spellings work too)"))
@@ -51,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--weights", default="yolov5n-demo", help="checkpoint: bundled name, official .pt or pagcp .pt")
+    g.add_argument("--weights", default="yolov5n-demo",
+                   help="model of any registered family: bundled checkpoint (yolov5n-demo, yolov8n-demo), YOLOv5 "
+                        "config or yaml, Ultralytics model yaml (yolov8n.yaml, yolo11s.yaml), an official YOLOv5 or "
+                        "Ultralytics .pt, or a pagcp checkpoint")  # fmt: skip
     g.add_argument("--data", default="demo", help="data yaml, or 'demo'")
     g.add_argument("--img", "--img-size", "--imgsz", dest="img", type=int, default=320, help="image size (px)")
     g.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16,

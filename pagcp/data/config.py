@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -10,6 +11,7 @@ import yaml
 from pagcp.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
+_said: set[str] = set()  # data yamls whose made-up class names were already said
 
 
 def _parse_demo_spec(spec: str) -> dict[str, int]:
@@ -32,6 +34,12 @@ def _names_list(names: Any, nc: Any, source: str) -> tuple[list[str], int]:
     if names is None:
         if nc is None:
             raise ConfigError(f"{source}: needs 'names' (list or index->name dict) or 'nc'")
+        if source not in _said:
+            _said.add(source)
+            logging.getLogger("pagcp").warning(
+                "%s: no 'names'; its nc=%d classes are called class0 ... class%d in tables and reports",
+                source, int(nc), int(nc) - 1,
+            )  # fmt: skip
         return [f"class{i}" for i in range(int(nc))], int(nc)
     if isinstance(names, dict):
         try:

@@ -263,9 +263,16 @@ def generate_demo(
         )
     out = os.path.abspath(os.path.expanduser(out))
     if os.path.exists(out) and os.listdir(out):
-        if os.path.isfile(os.path.join(out, "data.yaml")):
+        existing = _existing(out)
+        wanted = {"train": train, "val": val, "img": img, "seed": seed, "version": FORMAT_VERSION}
+        if existing == wanted:
             return os.path.join(out, "data.yaml")
-        raise ConfigError(f"demo dataset: --out {out} exists and is not empty; remove it or pick another folder")
+        held = (f"a demo dataset of {existing['train']} train + {existing['val']} val images at {existing['img']} px "
+                f"(seed {existing['seed']})" if existing else "other files")  # fmt: skip
+        raise ConfigError(
+            f"demo dataset: --out {out} already holds {held}, not the {train} train + {val} val images at {img} px "
+            f"(seed {seed}) asked for; remove it or pick another folder"
+        )
     _sources()  # load once before forking workers
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
@@ -311,6 +318,16 @@ def generate_demo(
     return os.path.join(out, "data.yaml")
 
 
+def _existing(out: str) -> dict | None:
+    """The parameters of the demo dataset in ``out`` (its data.yaml's ``demo`` entry), None if it holds none."""
+    try:
+        with open(os.path.join(out, "data.yaml"), encoding="utf-8") as f:
+            params = (yaml.safe_load(f) or {}).get("demo")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return params if isinstance(params, dict) else None
+
+
 def demo_home() -> str:
     """Folder of generated demo datasets: ``$PAGCP_HOME/datasets`` or ``~/.cache/pagcp/datasets``."""
     home = os.environ.get("PAGCP_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "pagcp")
@@ -331,23 +348,26 @@ def ensure_demo(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pagcp.data.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    parser.add_argument("--train", type=int, default=DEFAULTS["train"], help="number of train images")
-    parser.add_argument("--val", type=int, default=DEFAULTS["val"], help="number of val images")
-    parser.add_argument("--img", "--img-size", type=int, default=DEFAULTS["img"], help="image side in pixels")
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--train", type=int, default=DEFAULTS["train"],
+                        help=f"number of train images (default: {DEFAULTS['train']})")  # fmt: skip
+    parser.add_argument("--val", type=int, default=DEFAULTS["val"],
+                        help=f"number of val images (default: {DEFAULTS['val']})")  # fmt: skip
+    parser.add_argument("--img", "--img-size", type=int, default=DEFAULTS["img"],
+                        help=f"image side in pixels (default: {DEFAULTS['img']})")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+                        help=f"seed of the images and objects (default: {DEFAULTS['seed']})")  # fmt: skip
     parser.add_argument("--workers", type=int, default=None, help="processes (default min(2, cores))")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
+    there = _existing(os.path.abspath(os.path.expanduser(args.out)))
     try:
         path = generate_demo(args.out, args.train, args.val, args.img, args.seed, args.workers)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(
-        f"demo dataset: {args.train} train + {args.val} val images at {args.img} px in "
-        f"{time.perf_counter() - start:.1f} s -> {path}"
-    )
+    made = "already there" if there else f"written in {time.perf_counter() - start:.1f} s"
+    print(f"demo dataset: {args.train} train + {args.val} val images at {args.img} px, {made} -> {path}")
     return 0
 
 

@@ -271,8 +271,11 @@ class Search:
             d.channels_after = keep.kept(d.name) if d.selected else d.channels_before
         st.decisions = [d.to_dict() for d in decisions]
         searched, final = (self.graph.flops(k, self.img_size) / 1e9 for k in (st.keep, keep))
-        log.info("topk %g: keeping %d of %d units pruned, %.3f -> %.3f GFLOPs", s.topk,
-                 sum(d.selected for d in decisions), len(pruned), searched, final)  # fmt: skip
+        kept = sum(d.selected for d in decisions)
+        log.info("topk %g: %d of the %d units were searched to some ratio; the %d most loss-efficient (at most "
+                 "topk x %d) stay pruned, %d are restored whole: %.3f GFLOPs with every unit as searched -> %.3f",
+                 s.topk, len(pruned), len(st.order), kept, len(st.order), len(pruned) - kept, searched,
+                 final)  # fmt: skip
         st.keep = keep
         st.history.append({
             "round": st.round, "lambda": st.lam, "order": list(st.order), "decisions": st.decisions,

@@ -67,8 +67,9 @@ class PruneSettings:
         def bad(flag: str, why: str) -> ConfigError:
             return ConfigError(f"--{flag.replace('_', '-')}: {why}")
 
-        if not 0 < self.initial_rate:
-            raise bad("initial_rate", f"{self.initial_rate} must be > 0")
+        if not 0 < self.initial_rate < 1:
+            raise bad("initial_rate", f"{self.initial_rate} must be in (0, 1): the fraction by which the first unit "
+                      "may raise a task's loss (1 would let it double; the paper uses 0.06)")  # fmt: skip
         if not self.initial_thres > 1:
             raise bad("initial_thres", f"{self.initial_thres} must be > 1 (the product of (1 + rate) factors)")
         if not 0 < self.topk <= 1:
@@ -90,10 +91,26 @@ class PruneSettings:
             raise ConfigError(f"reach_gflops {self.reach_gflops}: needs a target_gflops <= it and must be < 1")
         if self.max_rounds < 1:
             raise bad("max_rounds", f"{self.max_rounds} must be >= 1")
+        for r in range(self.round, self.round + self.rounds_at_most):  # every round this search may run
+            self.rate_and_bound(r)
+
+    @property
+    def rounds_at_most(self) -> int:
+        """Rounds one search may run: ``max_rounds`` back to back with a target, else one."""
+        return self.max_rounds if self.target_gflops is not None else 1
 
     def rate_and_bound(self, round_index: int) -> tuple[float, float]:
-        """(a, T) of a round: a = initial_rate + rate_slope·round; T = initial_thres + thres_slope·round."""
-        return (self.initial_rate + self.rate_slope * round_index, self.initial_thres + self.thres_slope * round_index)
+        """(a, T) of a round: a = initial_rate + rate_slope·round; T = initial_thres + thres_slope·round; both
+        bounded as --initial-rate and --initial-thres are, naming the slope that carried them out."""
+        rate = self.initial_rate + self.rate_slope * round_index
+        bound = self.initial_thres + self.thres_slope * round_index
+        if not 0 < rate < 1:
+            raise ConfigError(f"--rate-slope {self.rate_slope}: round {round_index}'s rate {rate:g} leaves (0, 1); "
+                              "lower it, or the rounds a run may reach (--max-rounds, --cycles)")  # fmt: skip
+        if not bound > 1:
+            raise ConfigError(f"--thres-slope {self.thres_slope}: round {round_index}'s threshold {bound:g} is <= 1; "
+                              "raise it, or lower the rounds a run may reach (--max-rounds, --cycles)")  # fmt: skip
+        return rate, bound
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -143,17 +143,42 @@ def _load_official(path: Path, nc: int | None) -> Model:
     return model
 
 
+#: how every torch file begins: a zip archive (torch.save since 1.6) or a pickle (protocol 2 or later)
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def check_torch_file(path: str | Path) -> Path:
+    """``path`` if it can be a torch checkpoint; otherwise one CheckpointError naming the file and what it is (no
+    such file, a directory, an empty file, text or another format), before anything tries to unpickle it."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        raise CheckpointError(f"{path}: an empty file (0 bytes), not a checkpoint (an interrupted download or copy?)")
+    if not head.startswith(_TORCH_MAGIC):
+        try:
+            text = head[:24].decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and all(c.isprintable() or c.isspace() for c in text):
+            raise CheckpointError(f"{path}: a text file (it begins {text!r}), not a torch checkpoint")
+        raise CheckpointError(f"{path}: not a torch checkpoint (its first bytes are {head[:8].hex(' ')})")
+    return path
+
+
 def load_checkpoint_file(path: str | Path, nc: int | None = None) -> Model:
     """Load a pagcp checkpoint or an official YOLOv5 ``.pt`` file (through the allow-listing unpickler)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    path = check_torch_file(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError):
         ckpt = None  # not a pure-tensor file: an official checkpoint goes through the safe unpickler
     except (EOFError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file): {e}") from e
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file: {e})") from e
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
         return _load_pagcp(ckpt, str(path), nc)
     return _load_official(path, nc)

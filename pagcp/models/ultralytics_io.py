@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from pagcp.errors import CheckpointError, ConfigError, UnsafePickleError
-from pagcp.models.checkpoint import _check_meta, torch_save_atomic
+from pagcp.models.checkpoint import _check_meta, check_torch_file, torch_save_atomic
 from pagcp.models.ultralytics_pickle import ultralytics_pickle_module
 
 LICENSE = "AGPL-3.0 License (https://ultralytics.com/license)"
@@ -65,9 +65,7 @@ def build_from_yaml(path: str | Path, nc: int | None = None, model_class: str = 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """An Ultralytics checkpoint dict, read through the allow-listing unpickler (nothing else is executed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    path = check_torch_file(path)
     require_ultralytics()
     try:
         ckpt = torch.load(path, map_location="cpu", pickle_module=ultralytics_pickle_module, weights_only=False)

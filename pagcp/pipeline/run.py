@@ -87,14 +87,17 @@ def load_job(settings: RunSettings) -> Job:
     if not cfg.get(split):
         raise ConfigError(f"--oracle-split {split}: --data {o.data} has no such split")
     items = family.split_items(cfg, split)
+    if not items:
+        raise ConfigError(
+            f"--oracle-split {split}: the {split} split of --data {o.data} ({cfg[split]}) holds no images; "
+            f"add images there, or take the oracle's images from another split (--oracle-split)"
+        )
     subset = settings.oracle_subset
     if subset is not None and subset > len(items):
         raise ConfigError(
-            f"--subset {subset} is larger than the {split} split of {o.data} ({len(items)} images); "
+            f"--subset {subset} is larger than the {split} split of {o.data} ({len(items)} images in {cfg[split]}); "
             f"use --subset all or at most {len(items)}"
         )
-    if not items:
-        raise ConfigError(f"--oracle-split {split}: the {split} split of --data {o.data} holds no images")
     chosen = choose_items(items, subset, o.seed)
     return Job(model, family, cfg, chosen, family.image_size(model, o.img), device)
 

@@ -175,3 +175,6 @@ def check(s: RunSettings) -> None:
     if e.suffix_replay not in REPLAY_MODES:
         raise ConfigError(f"--suffix-replay {e.suffix_replay}: use one of {', '.join(REPLAY_MODES)}")
     compat_mode(s.search.compat).split(o.split)  # a split the mode refuses
+    last = s.search.round + f.cycles - 1 + s.search.rounds_at_most - 1  # the last round index a cycle may reach
+    for r in range(s.search.round, last + 1):
+        s.search.rate_and_bound(r)

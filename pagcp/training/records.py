@@ -64,7 +64,7 @@ def open_run_dir(s: TrainSettings, hyp: dict, world: int, resuming: bool, main: 
         LOGGER.info(
             "training in %s: %s",
             save_dir,
-            ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(s).items() if k != "hyp"),
+            ", ".join(f"{k}={v if v != '' else 'auto'}" for k, v in dataclasses.asdict(s).items() if k != "hyp"),
         )
     return save_dir
 
