@@ -121,7 +121,8 @@ setup(
         "pycocotools",
     ],
     extras_require={
-        "demo": ["scikit-image", "scikit-learn"],
+        # the quick start: the demo set's source images, and ONNX Runtime for the latency its report lists
+        "demo": ["scikit-image", "scikit-learn", *EXPORT_REQUIRES],
         "export": EXPORT_REQUIRES,
         "test": [
             "pytest",

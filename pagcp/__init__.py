@@ -17,13 +17,20 @@ Top-level API (imported lazily so that ``import pagcp`` stays cheap and never fa
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import sys
 from typing import Any
 
 # OpenMP threads that spin while waiting make every torch op 10-100x slower as soon as another process
 # competes for the cores (measured here: a yolov5n forward 11 ms passive vs 10 s spinning on a loaded 2-core
 # machine). Passive waiting costs little when the cores are free. Effective only if set before torch loads;
-# an explicit OMP_WAIT_POLICY wins.
+# an explicit OMP_WAIT_POLICY wins. Imported after torch, pagcp can only say so (once, here).
+if "OMP_WAIT_POLICY" not in os.environ and "torch" in sys.modules:
+    logging.getLogger("pagcp").warning(
+        "pagcp: torch was imported before pagcp, so its OpenMP threads spin while they wait; on a machine shared "
+        "with other processes that makes pruning up to 10x slower. Import pagcp first, or set OMP_WAIT_POLICY=PASSIVE."
+    )
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

@@ -270,15 +270,18 @@ def test_augmented_loader_is_seeded_and_valid(demo):
     assert sum(len(b[0]) for b in workers) == 8
 
 
-def test_workers_draw_different_augmentations(demo):
-    ds = YoloDataset(str(demo / "images" / "train"), 128, augment=True, hyp="scratch", nc=6, seed=3)
-    loader = torch.utils.data.DataLoader(
-        ds,
-        batch_size=1,
-        num_workers=2,
-        collate_fn=YoloDataset.collate,
-        sampler=[0, 0],
-        generator=torch.Generator().manual_seed(0),
-    )
-    first, second = (b[0] for b in loader)  # the same image, augmented in two different workers
-    assert not torch.equal(first, second)
+def test_augmentations_do_not_depend_on_workers(demo):
+    """Each image's augmentations come from (stream, its index): 0 and 2 worker processes give the same batches,
+    bit for bit, and another stream (the trainer's next epoch) draws other augmentations of the same images."""
+    kw = dict(augment=True, shuffle=True, hyp="scratch", nc=6, seed=3)
+    batches = {}
+    for workers in (0, 2):
+        loader, _ = create_dataloader(str(demo / "images" / "train"), 128, 4, workers=workers, **kw)
+        batches[workers] = [(b[0], b[1]) for b in loader]
+    assert len(batches[0]) == 2
+    for (a, ta), (b, tb) in zip(batches[0], batches[2]):
+        assert torch.equal(a, b) and torch.equal(ta, tb)
+    loader, ds = create_dataloader(str(demo / "images" / "train"), 128, 4, **kw)
+    first = ds[0][0]
+    ds.stream += 1
+    assert not torch.equal(first, ds[0][0]) and torch.equal(ds[0][0], ds[0][0])

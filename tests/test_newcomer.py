@@ -116,3 +116,19 @@ def test_pagcp_ops_after_a_plain_import():
     code = "import pagcp; print(pagcp.ops.backends()['torch'][0], pagcp.families.family_named('yolov5').name)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "yolov5"]
+
+
+def test_channels_plot_tells_a_first_ratio_trip_from_a_pruned_unit(tmp_path):
+    from pagcp.pipeline.report import plot_channels
+
+    def unit(name, after, ratio, tripped, selected):
+        return {"name": name, "channels_before": 64, "channels_after": after, "ratio": ratio, "tripped_task": tripped,
+                "selected": selected}  # fmt: skip
+
+    pruned = [unit("model.1", 32, 0.5, "box", True)]
+    assert plot_channels(tmp_path / "a.png", pruned) == ["kept", "removed"]
+    tripped = [*pruned, unit("model.2", 64, 0.0, "cls", False), unit("model.3", 64, 0.3, None, False)]
+    assert plot_channels(tmp_path / "b.png", tripped) == [
+        "kept", "removed", "kept whole: its first ratio tripped a loss", "searched, left unpruned by topk"
+    ]  # fmt: skip
+    assert (tmp_path / "b.png").stat().st_size > 1000

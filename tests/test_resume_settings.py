@@ -22,7 +22,7 @@ def run_dir(tmp_path):
     settings = RunSettings(
         weights="yolov5n", search=PruneSettings(initial_rate=0.03, target_gflops=0.5),
         oracle=OracleSettings(data="demo:train=16,val=8,img=64", img=64, subset=16),
-        finetune=FinetuneSettings(epochs=0, cycles=3), execution=ExecutionSettings(device="cpu", chunk=1),
+        finetune=FinetuneSettings(epochs=0, cycles=3), execution=ExecutionSettings(device="cpu", chunk=1, json=True),
         project=str(tmp_path / "runs"),
     )  # fmt: skip
     return new_run_dir(settings)
@@ -51,7 +51,7 @@ def test_a_results_deciding_change_is_refused_naming_it(run_dir, change, named):
 
 
 def test_an_execution_change_is_used_and_said(run_dir, caplog):
-    execution = ExecutionSettings(device="cpu", chunk=4, suffix_replay="trace", workers=2, latency=False)
+    execution = ExecutionSettings(device="cpu", chunk=4, suffix_replay="trace", workers=2, latency=False, json=True)
     given = dataclasses.replace(saved_settings(run_dir), execution=execution)
     with caplog.at_level(logging.INFO, logger="pagcp.prune"):
         resumed = reconcile(run_dir, given)
@@ -69,6 +69,7 @@ def test_the_command_line_resumes_with_the_saved_settings_and_the_given_flags_on
     resumed = resumed_settings(build_parser().parse_args(argv), argv)
     saved = saved_settings(run_dir)
     assert resumed.identity() == saved.identity() and resumed.execution.chunk == 2
+    assert resumed.execution.json  # the run was started with --json: a resumed one prints it too
     argv = ["--resume", str(run_dir), "--initial-rate", "0.03", "--subset", "16"]  # the run's own values
     assert resumed_settings(build_parser().parse_args(argv), argv).identity() == saved.identity()
 

@@ -160,6 +160,14 @@ def test_lr_in_a_real_run_follows_the_warmup(tiny_data, tmp_path):
     assert load_checkpoint_file(results["best"]).nc == 6
 
 
+def test_loader_workers_do_not_change_the_result(tiny_data, tmp_path):
+    """The same run with 0 and 2 data-loader workers ends with the same weights (augmentations are drawn per image,
+    not per worker process)."""
+    runs = {w: train(tiny_model(), tiny_data, settings(tmp_path, epochs=1, workers=w, name=f"w{w}")) for w in (0, 2)}
+    a, b = (load_checkpoint_file(runs[w]["last"]).state_dict() for w in (0, 2))
+    assert state_dicts_equal(a, b) and not state_dicts_equal(a, tiny_model().state_dict())
+
+
 def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_data, tmp_path):
     full = train(tiny_model(), tiny_data, settings(tmp_path, epochs=3, name="full"))
     stopped = train(

@@ -335,13 +335,15 @@ def test_the_prune_command_on_yolov8n_demo_writes_ultralytics_checkpoints(tmp_pa
     data = "demo:train=16,val=24,img=96"
     args = ["--weights", "yolov8n-demo", "--data", data, "--img", "96", "--batch", "8", "--subset", "8",
             "--compression", "backbone", "--finetune-epochs", "1", "--finetune-batch", "8", "--no-latency",
-            "--project", str(tmp_path / "runs"), "--json"]  # fmt: skip
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", YOLO_OFFLINE="1")
+            "--project", "runs", "--json"]  # fmt: skip
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", YOLO_OFFLINE="1")  # --project relative, as users give it
     proc = subprocess.run([sys.executable, "-m", "pagcp.prune", *args], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    run = Path(report["run_dir"])
+    run = tmp_path / report["run_dir"]
+    assert (run / "finetune" / "weights" / "last.pt").is_file()  # the fine-tune's files in the run folder
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["exp"]  # not under Ultralytics' runs/detect
     assert report["search_seconds"] > 0 and report["evaluations"] > 0
     assert sum(u["selected"] for u in report["units"]) >= 3
     pruned = pagcp.load_model(run / "pruned.pt")  # an Ultralytics file, read through the allow-listing unpickler

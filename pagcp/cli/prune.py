@@ -133,7 +133,7 @@ def _output_flags(f: argparse._ArgumentGroup) -> None:
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
     """The run's typed settings from the parsed flags (every flag is a setting:
     :data:`pagcp.pipeline.settings.FLAT`)."""
-    return from_flat({k: v for k, v in vars(args).items() if k not in ("resume", "json")})
+    return from_flat({k: v for k, v in vars(args).items() if k != "resume"})
 
 
 def given_flags(argv: list[str] | None) -> set[str]:
@@ -150,7 +150,7 @@ def resumed_settings(args: argparse.Namespace, argv: list[str] | None) -> RunSet
     from pagcp.pipeline.resume import resolve_run_dir, saved_settings
 
     run_dir = resolve_run_dir(args.resume, args.project)
-    flat = {**_flat(saved_settings(run_dir)), **{k: getattr(args, k) for k in given_flags(argv) - {"resume", "json"}}}
+    flat = {**_flat(saved_settings(run_dir)), **{k: getattr(args, k) for k in given_flags(argv) - {"resume"}}}
     return from_flat(flat)
 
 
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         f"this {'resumed ' if args.resume is not None else ''}session {time.perf_counter() - started:.1f} s; "
         f"results in {report['run_dir']}"
     )
-    if args.json:
+    if args.json or report["run_settings"]["execution"].get("json"):  # --json, or a resumed run started with it
         print(json.dumps(report))
     return 0
 

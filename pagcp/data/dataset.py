@@ -175,8 +175,10 @@ class YoloDataset(Dataset):
         self.img_size, self.augment, self.rect, self.stride = int(img_size), augment, rect, int(stride)
         self.hyp = load_hyp(hyp) if not isinstance(hyp, dict) else {**load_hyp(None), **hyp}
         self.mosaic = augment and not rect and self.hyp["mosaic"] > 0
-        self.rng = np.random.default_rng(seed)
-        self._rng_owner: int | None = None  # seed of the DataLoader worker that owns self.rng
+        #: augmentations of image i are drawn from a generator seeded with (stream, i): the same whichever worker
+        #: process loads it, so results do not depend on --workers; a trainer sets a new stream every epoch
+        self.stream = int(seed)
+        self.rng = np.random.default_rng([self.stream, 0])
         self.prefix = prefix
         self.source = path if isinstance(path, str) else _describe_list([str(p) for p in path])
         files = image_files(path)
@@ -280,14 +282,8 @@ class YoloDataset(Dataset):
         canvas, all_boxes, _ = mosaic4(images, boxes, self.img_size, self.rng)
         return canvas, all_boxes, np.concatenate(classes)
 
-    def _worker_rng(self) -> None:
-        """Inside a DataLoader worker, draw augmentations from that worker's own seed (new every epoch)."""
-        info = torch.utils.data.get_worker_info()
-        if info is not None and self._rng_owner != info.seed:
-            self.rng, self._rng_owner = np.random.default_rng(info.seed % 2**32), info.seed
-
     def __getitem__(self, index: int):
-        self._worker_rng()
+        self.rng = np.random.default_rng([self.stream, index])  # see __init__: independent of the worker
         h = self.hyp
         if self.mosaic and self.rng.random() < h["mosaic"]:
             img, boxes, classes = self._load_mosaic(index)
@@ -366,8 +362,8 @@ def create_dataloader(
 
     Validation uses ``rect=True, pad=0.5``; training ``augment=True, shuffle=True`` (shuffling is turned off
     with ``rect``, whose batches must stay in aspect-ratio order). Seeded: the same ``seed`` gives the same
-    batches and augmentations for the same ``workers`` (each worker process draws from its own seed, derived
-    from the loader's generator, also when the dataset is wrapped in another DataLoader).
+    batches and augmentations whatever ``workers`` is (an image's augmentations are drawn from its own
+    generator, seeded with the dataset's stream and its index).
     """
     if batch_size < 1:
         raise DataError(f"batch size must be >= 1, got {batch_size}")

@@ -1,5 +1,7 @@
 """PAGCP computed the straightforward way: the ground truth for tests and the baseline for benchmarks.
 
+This module owns the oracle and one round of the rule; :mod:`pagcp.engine.naive_rounds` strings rounds
+together (rounds back to back, the ``target_gflops`` fill, the stop rules, prune -> fine-tune cycles).
 For every candidate it copies the model, slices the channels out physically (``graph.slice``) and runs
 the whole subset through the copy; saliency is read off the sliced copy's weights with plain PyTorch.
 It implements the decision rule of ``docs/algorithm.md`` on its own: it shares no code with the search it
@@ -120,17 +122,21 @@ def naive_lambda(rate: float, bound: float, n: int) -> float:
         raise ValueError(f"no λ >= 0 reaches the bound {bound} with rate {rate}")
     lo, hi = 0.0, 1.0
     while f(hi)[0] < 0:
+        if hi > 1e6:  # e.g. one unit: the product is 1 + rate whatever λ is
+            raise ValueError(f"no λ reaches the bound {bound} with rate {rate} over {n} units")
         lo, hi = hi, 2 * hi
     lam = hi
     for _ in range(100):
         value, slope = f(lam)
+        if abs(value) < 1e-16:  # converged: stop before the bracket update moves λ off the root
+            break
         if value < 0:
             lo = lam
         else:
             hi = lam
         step = lam - value / slope if slope > 0 else None
         lam = step if step is not None and lo < step < hi else (lo + hi) / 2
-        if hi - lo < 1e-16 or abs(value) < 1e-16:
+        if hi - lo < 1e-16:
             break
     return lam
 
@@ -148,9 +154,11 @@ def naive_scope(graph: ChannelGraph, settings: PruneSettings) -> list[str]:
     return chosen
 
 
-def naive_scores(graph: ChannelGraph, keep: Keep, unit_name: str, criterion: str = "l1") -> torch.Tensor:
-    """Saliency of a unit's channels read off a sliced copy: per member, mean |w| (or RMS w) per filter."""
-    sliced = graph.slice(keep)
+def naive_scores(graph: ChannelGraph, keep: Keep, unit_name: str, criterion: str = "l1",
+                 sliced: nn.Module | None = None) -> torch.Tensor:  # fmt: skip
+    """Saliency of a unit's channels read off a sliced copy (``sliced``: ``graph.slice(keep)`` when the caller
+    has it already): per member, mean |w| (or RMS w) per filter."""
+    sliced = graph.slice(keep) if sliced is None else sliced
     unit = graph[unit_name]
     scores = torch.zeros(unit.size, dtype=torch.float64)
     for ref in (*unit.producers, *unit.depthwise):
@@ -165,7 +173,7 @@ def naive_scores(graph: ChannelGraph, keep: Keep, unit_name: str, criterion: str
     return scores
 
 
-def _select(scores: torch.Tensor, keep: torch.Tensor, ratio: float, reference: bool) -> torch.Tensor:
+def naive_select(scores: torch.Tensor, keep: torch.Tensor, ratio: float, reference: bool) -> torch.Tensor:
     """The lowest-scoring floor(ratio × alive) channels removed: the ratio's decimal times the width exactly,
     or (reference) the float product as numpy computes it; one channel always stays."""
     alive = [i for i in range(len(keep)) if keep[i]]
@@ -178,7 +186,8 @@ def _select(scores: torch.Tensor, keep: torch.Tensor, ratio: float, reference: b
     return new
 
 
-def _with(keep: Keep, unit: str, mask: torch.Tensor) -> Keep:
+def naive_with(keep: Keep, unit: str, mask: torch.Tensor) -> Keep:
+    """A copy of ``keep`` with ``unit``'s mask replaced."""
     trial = keep.copy()
     trial[unit] = mask
     return trial
@@ -198,11 +207,11 @@ class _Rule:
 def _visit(graph, oracle, rule: _Rule, unit: str, tasks, s: PruneSettings, img_size) -> dict[str, Any]:
     """All ratios of one unit, one full evaluation each, until one trips; then accept the last good one."""
     keep = rule.keep
-    scores = _scores(graph, oracle, keep, unit, s.saliency)
+    scores = naive_saliency(graph, oracle, keep, unit, s.saliency)
     last, last_losses, last_mask, tripped, at_90 = None, None, None, None, None
     for i, r in enumerate(s.ratios):
-        mask = _select(scores, keep[unit], r, s.compat == "reference")
-        losses = oracle.losses(_with(keep, unit, mask))
+        mask = naive_select(scores, keep[unit], r, s.compat == "reference")
+        losses = oracle.losses(naive_with(keep, unit, mask))
         if i == len(s.ratios) - 2:
             at_90 = (r, mask, losses)
         rel = losses / rule.base
@@ -212,15 +221,16 @@ def _visit(graph, oracle, rule: _Rule, unit: str, tasks, s: PruneSettings, img_s
             break
         last, last_losses, last_mask = r, losses, mask
     d = {"name": unit, "ratio": 0.0, "tripped_task": tripped, "losses_start": rule.current.tolist(),
-         "losses_accepted": None, "flops_removed": 0, "channels_before": int(keep[unit].sum())}  # fmt: skip
+         "losses_accepted": None, "flops_removed": 0, "channels_before": int(keep[unit].sum()),
+         "target_ratio": None}  # fmt: skip
     if last is None:
         return d
-    if tripped is None and s.compat == "reference":  # unpruned now, pruned at 0.90 at the end
+    if tripped is None and s.compat == "reference":  # unpruned now, pruned at the next-to-last ratio at the end
         r90, m90, l90 = at_90
-        removed = graph.flops(keep, img_size) - graph.flops(_with(keep, unit, m90), img_size)
+        removed = graph.flops(keep, img_size) - graph.flops(naive_with(keep, unit, m90), img_size)
         d.update(ratio=r90, losses_accepted=l90.tolist(), flops_removed=removed)
         return d
-    new = _with(keep, unit, last_mask)
+    new = naive_with(keep, unit, last_mask)
     d.update(ratio=last, losses_accepted=last_losses.tolist(),
              flops_removed=graph.flops(keep, img_size) - graph.flops(new, img_size))  # fmt: skip
     rule.keep, rule.thres = new, rule.thres * rule.lam
@@ -228,26 +238,59 @@ def _visit(graph, oracle, rule: _Rule, unit: str, tasks, s: PruneSettings, img_s
     return d
 
 
-def _scores(graph: ChannelGraph, oracle: NaiveOracle, keep: Keep, unit: str, criterion: str) -> torch.Tensor:
+def naive_saliency(graph: ChannelGraph, oracle: NaiveOracle, keep: Keep, unit: str, criterion: str) -> torch.Tensor:
+    """A unit's channel scores under ``keep`` by the criterion: weights of a sliced copy, or its activations."""
     if criterion == "act":
         return oracle.activation_scores(keep, unit)
     return naive_scores(graph, keep, unit, criterion)
 
 
-def _topk(graph, oracle, decisions: list[dict[str, Any]], n_units: int, s: PruneSettings) -> Keep:
-    """Mark the int(n_units * topk) most loss-efficient pruned units selected; prune them from scratch."""
+def _topk(decisions: list[dict[str, Any]], n_units: int, s: PruneSettings) -> list[str]:
+    """The int(n_units * topk) most loss-efficient pruned units, most efficient first (ties: search order)."""
     candidates = [d for d in decisions if d["ratio"] > 0 and d["flops_removed"] > 0]
     for d in candidates:
         d["efficiency"] = (sum(d["losses_accepted"]) - sum(d["losses_start"])) / d["flops_removed"]
-    chosen = {d["name"] for d in sorted(candidates, key=lambda d: d["efficiency"])[: int(n_units * s.topk)]}
-    final = graph.full_keep()
+    ranked = [d["name"] for d in sorted(candidates, key=lambda d: d["efficiency"])[: int(n_units * s.topk)]]
     for d in decisions:
-        d["selected"] = d["name"] in chosen
+        d["selected"] = d["name"] in ranked
+    return ranked
+
+
+def _rebuild(graph, oracle, start: Keep, decisions: list[dict[str, Any]], s: PruneSettings) -> Keep:
+    """The round's final masks: from its start, the selected units at their ratios in search order."""
+    final = start.copy()
+    for d in decisions:
         if d["selected"]:
-            scores = _scores(graph, oracle, final, d["name"], s.saliency)
-            final[d["name"]] = _select(scores, final[d["name"]], d["ratio"], s.compat == "reference")
+            scores = naive_saliency(graph, oracle, final, d["name"], s.saliency)
+            final[d["name"]] = naive_select(scores, final[d["name"]], d["ratio"], s.compat == "reference")
         d["channels_after"] = int(final[d["name"]].sum())
     return final
+
+
+def naive_round(graph, oracle: NaiveOracle, tasks: Sequence[str], s: PruneSettings, img_size, start: Keep,
+                index: int) -> dict[str, Any]:  # fmt: skip
+    """Round ``index`` of PAGCP from the masks ``start``: scope (units with 2+ channels alive), λ, order, the
+    search and topk. Returns ``start``, ``keep`` (the round's final masks), ``decisions`` (search order),
+    ``ranked`` (the selected units, most efficient first), ``order``, ``lambda``, ``base`` and ``round``."""
+    reference = s.compat == "reference"
+    units = [u for u in naive_scope(graph, s) if int(start[u].sum()) >= 2]
+    rate = s.initial_rate + s.rate_slope * index
+    lam = naive_lambda(rate, s.initial_thres + s.thres_slope * index, len(units)) if s.exp else 1.0
+    now, sliced = graph.flops(start, img_size), graph.slice(start)
+    removed = {}
+    for u in units:
+        cut = naive_select(naive_scores(graph, start, u, "l1", sliced), start[u], 0.3, reference)
+        removed[u] = now - graph.flops(naive_with(start, u, cut), img_size)
+    order = sorted(units, key=lambda u: -removed[u] if lam <= 1 else removed[u])
+    base = oracle.losses(start)
+    rule = _Rule(start.copy(), rate, lam, base.clone(), base.clone())
+    decisions = [_visit(graph, oracle, rule, u, list(tasks), s, img_size) for u in order]
+    for d in decisions:
+        d["round"] = index
+    ranked = _topk(decisions, len(order), s)
+    final = _rebuild(graph, oracle, start, decisions, s)
+    return {"round": index, "start": start.copy(), "keep": final, "decisions": decisions, "ranked": ranked,
+            "order": order, "lambda": lam, "base": base.tolist()}  # fmt: skip
 
 
 def naive_prune(
@@ -259,25 +302,17 @@ def naive_prune(
     img_size: int | tuple[int, int],
     train_mode_leaves: tuple[type, ...] = (),
 ) -> dict[str, Any]:
-    """One round of PAGCP, straightforwardly. Returns ``keep`` (final masks), ``decisions`` (search order,
-    with ``ratio`` and ``selected``), ``order``, ``lambda``, ``evaluations`` and ``base``."""
-    s = settings
+    """The search the settings describe, straightforwardly: one round, or with ``target_gflops`` rounds back to
+    back (:func:`pagcp.engine.naive_rounds.naive_search`). Returns ``keep`` (final masks), ``decisions`` (the last
+    round's, search order, with ``ratio`` and ``selected``), its ``order``, ``lambda`` and ``base``, ``history``
+    (every round), ``stop`` (why it ended) and ``evaluations``."""
+    from pagcp.engine.naive_rounds import naive_search  # it builds on this module's round
+
     oracle = NaiveOracle(graph, batches, loss_fn, train_mode_leaves)
-    keep = graph.full_keep()
-    units = naive_scope(graph, s)
-    rate = s.initial_rate + s.rate_slope * s.round
-    lam = naive_lambda(rate, s.initial_thres + s.thres_slope * s.round, len(units)) if s.exp else 1.0
-    full = graph.flops(keep, img_size)
-    reference = s.compat == "reference"
-    cut = {u: _with(keep, u, _select(naive_scores(graph, keep, u), keep[u], 0.3, reference)) for u in units}
-    removed = {u: full - graph.flops(cut[u], img_size) for u in units}
-    order = sorted(units, key=lambda u: -removed[u] if lam <= 1 else removed[u])
-    base = oracle.losses(keep)
-    rule = _Rule(keep, rate, lam, base.clone(), base.clone())
-    decisions = [_visit(graph, oracle, rule, u, list(tasks), s, img_size) for u in order]
-    final = _topk(graph, oracle, decisions, len(order), s)
-    return {"keep": final, "decisions": decisions, "order": order, "lambda": lam,
-            "evaluations": oracle.evaluations, "base": base.tolist()}  # fmt: skip
+    return naive_search(graph, oracle, tasks, settings, img_size)
 
 
-__all__ = ["NaiveOracle", "naive_lambda", "naive_prune", "naive_scope", "naive_scores"]
+__all__ = [
+    "NaiveOracle", "naive_lambda", "naive_prune", "naive_round", "naive_saliency", "naive_scope", "naive_scores",
+    "naive_select", "naive_with",
+]  # fmt: skip

@@ -22,8 +22,18 @@ class SearchProgress:
         self.bar = tqdm(desc=desc, unit="unit", disable=None if enabled else True)
         self.enabled = enabled
         self.gflops = ""
+        self.started = False
+        self._redirect = None
+        if not self.bar.disable:  # log lines go above the bar, never glued onto it
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
 
     def __call__(self, p: dict[str, Any]) -> None:
+        if not self.started:  # a resumed search starts part-way: those units are not counted in its rate (ETA)
+            self.started = True
+            self.bar.initial = self.bar.n = p.get("position", 0)
         if p["event"] == "unit":
             text = f"{p['unit']} ratio {p['ratio']:.2f} -> {p['gflops']:.3f} GFLOPs"
             if self.bar.disable:
@@ -43,6 +53,9 @@ class SearchProgress:
 
     def close(self) -> None:
         self.bar.close()
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
 
     def __enter__(self) -> SearchProgress:
         return self

@@ -330,6 +330,12 @@ class Search:
             st.stop_rule = f"target {s.target_gflops:g} x not reached ({why}): {fraction:.4f} x"
             log.info("%s", st.stop_rule)  # a round of a cycle run is not the end: the caller warns at the end
             return False
+        left = sum(keep.kept(u) > 1 for u in self.units)
+        if s.exp and left < 2:  # λ spreads the round's bound over its units: one alone cannot be solved for
+            st.stop_rule = (f"target {s.target_gflops:g} x not reached ({left} unit(s) left with channels to prune; "
+                            f"a round needs two): {fraction:.4f} x")  # fmt: skip
+            log.info("%s", st.stop_rule)
+            return False
         st.round += 1
         st.order, st.position, st.decisions = [], 0, []
         return True

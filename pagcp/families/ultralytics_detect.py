@@ -319,9 +319,15 @@ class UltralyticsDetectFamily(YoloFormatFamily):
         cuda = torch.cuda.is_available()
         yolo = YOLO(str(job.source))
         device = "cpu" if str(job.device) in ("", "cpu") and not cuda else job.device or 0
+        logging.getLogger("pagcp.prune").info(
+            "%s with Ultralytics' trainer: its model summary counts GFLOPs at 640 px, pagcp's report at --img %d "
+            "(%.1fx fewer pixels); its labels cache (*.cache) is written beside the dataset's labels, as whenever "
+            "Ultralytics trains on them", job.what, job.img, (640 / job.img) ** 2,
+        )  # fmt: skip
+        # an absolute project: Ultralytics puts a relative one under its own runs/detect/
         yolo.train(trainer=pruned_detection_trainer(), data=_data_yaml(job.data), epochs=job.epochs, imgsz=job.img,
                    batch=job.batch, workers=job.workers, device=device, plots=False, seed=0, deterministic=True,
-                   project=str(job.folder), name="finetune", exist_ok=True, amp=cuda)  # fmt: skip
+                   project=str(job.folder.resolve()), name="finetune", exist_ok=True, amp=cuda)  # fmt: skip
         return self.load(yolo.trainer.last, device=next(model.parameters()).device)
 
     def export_onnx(self, model: nn.Module, path: Path, img: int, **options: Any) -> Path:

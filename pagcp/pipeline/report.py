@@ -34,6 +34,8 @@ REQUIRED = (
 )
 
 
+#: channels.png's colours: kept, removed, kept whole after a first-ratio trip, topk's hatching
+BLUE, RED, PALE, GREY = "#2e86de", "#ee5253", "#c8d6e5", "#8395a7"
 #: how the report names the metrics it knows (any other is shown by its key)
 METRIC_LABELS = {"map50_95": "mAP50-95", "map50": "mAP50"}
 
@@ -100,9 +102,16 @@ def latency_lines(latency: dict[str, Any] | None) -> list[str]:
     if "error" in latency:
         return [f"- ONNX Runtime latency: not measured ({latency['error']})"]
     o, p = latency["original"], latency["pruned"]
-    return [f"- ONNX Runtime CPU latency (batch 1, {o['threads']} threads, median of {o['runs']} interleaved runs): "
-            f"original {o['median_ms']:.2f} ms, pruned {p['median_ms']:.2f} ms "
-            f"({o['median_ms'] / p['median_ms']:.2f}x faster)"]  # fmt: skip
+    return [f"- ONNX Runtime CPU latency (batch 1, {o['threads']} threads, {o['runs']} interleaved runs, median / "
+            f"min): original {o['median_ms']:.2f} / {o['min_ms']:.2f} ms, pruned {p['median_ms']:.2f} / "
+            f"{p['min_ms']:.2f} ms ({speed_words(o['median_ms'], p['median_ms'])} by the median)"]  # fmt: skip
+
+
+def speed_words(before_ms: float, after_ms: float) -> str:
+    """ "1.28x faster" or "1.07x slower" (never a factor below 1 called faster)."""
+    if after_ms <= before_ms:
+        return f"{before_ms / after_ms:.2f}x faster"
+    return f"{after_ms / before_ms:.2f}x slower"
 
 
 def units_table(units: list[dict[str, Any]], topk: float) -> str:
@@ -184,25 +193,32 @@ def _layer_key(name: str) -> list[Any]:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split(".")]
 
 
-def plot_channels(path: Path, units: list[dict[str, Any]]) -> None:
-    """One horizontal bar per unit, by layer: kept channels, removed ones, and units topk left unpruned."""
+def plot_channels(path: Path, units: list[dict[str, Any]]) -> list[str]:
+    """One horizontal bar per unit, by layer: kept channels, removed ones, units topk left unpruned, and units
+    kept whole because their first ratio tripped a loss (told apart from pruned ones); returns the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     units = sorted(units, key=lambda u: _layer_key(u["name"]))
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.24 * len(units)))
+    fig, ax = plt.subplots(figsize=(9, max(2.4, 1.4 + 0.24 * len(units))))
     y = list(range(len(units)))
     kept = [u["channels_after"] for u in units]
     removed = [u["channels_before"] - u["channels_after"] for u in units]
-    ax.barh(y, kept, color="#2e86de", label="kept")
-    ax.barh(y, removed, left=kept, color="#ee5253", label="removed")
+    first_trip = [u["ratio"] == 0 and bool(u["tripped_task"]) for u in units]
+    ax.barh(y, kept, color=[PALE if t else BLUE for t in first_trip])
+    ax.barh(y, removed, left=kept, color=RED)
+    legend = [Patch(color=BLUE, label="kept"), Patch(color=RED, label="removed")]
+    if any(first_trip):
+        legend.append(Patch(color=PALE, label="kept whole: its first ratio tripped a loss"))
     topk_left = [(i, u) for i, u in enumerate(units) if not u["selected"] and u["ratio"] > 0]
     if topk_left:  # searched to a ratio but not among the most loss-efficient units: drawn where it would cut
+        hatched = {"fill": False, "hatch": "///", "edgecolor": GREY}
         ax.barh([i for i, _ in topk_left], [round(u["ratio"] * u["channels_before"]) for _, u in topk_left],
-                left=[u["channels_before"] * (1 - u["ratio"]) for _, u in topk_left], fill=False, hatch="///",
-                edgecolor="#8395a7", label="searched, left unpruned by topk")  # fmt: skip
+                left=[u["channels_before"] * (1 - u["ratio"]) for _, u in topk_left], **hatched)  # fmt: skip
+        legend.append(Patch(label="searched, left unpruned by topk", **hatched))
     width = max(u["channels_before"] for u in units)
     for i, u in enumerate(units):
         share = f"{u['channels_after']}/{u['channels_before']}"
@@ -213,10 +229,11 @@ def plot_channels(path: Path, units: list[dict[str, Any]]) -> None:
     ax.set_xlim(0, width * 1.12)
     ax.set_xlabel("output channels")
     ax.set_title(f"PAGCP: channels per unit, by layer ({sum(removed)} of {sum(kept) + sum(removed)} removed)")
-    fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))  # room for the legend below
+    fig.legend(handles=legend, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))  # room for the legend below
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return [h.get_label() for h in legend]
 
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> None:

@@ -59,13 +59,15 @@ class FinetuneSettings:
 class ExecutionSettings:
     """How a run is executed, never what it decides: ``device`` ("" for the first GPU, else the CPU), ``chunk``
     candidates per pass (0: the device's default), ``suffix_replay`` (pagcp.engine.replay), loader ``workers``,
-    ``latency`` (ONNX export and ONNX Runtime latency of the original and final models)."""
+    ``latency`` (ONNX export and ONNX Runtime latency of the original and final models), ``json`` (the command
+    prints the report as a JSON line at the end; kept so that ``--resume`` does too)."""
 
     device: str = ""
     chunk: int = 0
     suffix_replay: str = "auto"
     workers: int = 0
     latency: bool = True
+    json: bool = False
 
 
 @dataclass
@@ -129,7 +131,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "finetune_epochs": ("finetune", "epochs"), "cycles": ("finetune", "cycles"),
     "cycle_epochs": ("finetune", "cycle_epochs"), "finetune_batch": ("finetune", "batch"), "hyp": ("finetune", "hyp"),
     "device": ("execution", "device"), "chunk": ("execution", "chunk"), "suffix_replay": ("execution", "suffix_replay"),
-    "workers": ("execution", "workers"), "latency": ("execution", "latency"),
+    "workers": ("execution", "workers"), "latency": ("execution", "latency"), "json": ("execution", "json"),
     **{f.name: ("search", f.name) for f in dataclasses.fields(PruneSettings)
        if f.name not in ("ratios", "units", "backbone_layers", "reach_gflops")},
 }  # fmt: skip
@@ -145,7 +147,7 @@ def flag(section: str, name: str) -> str:
 def from_flat(values: dict[str, Any]) -> RunSettings:
     """Settings from flat names (:data:`FLAT`: the prune command's flags); unknown names are refused, names not
     given keep their defaults. ``subset`` None means all images (the command's ``--subset all``)."""
-    unknown = sorted(set(values) - set(FLAT) - {"resume", "json"})
+    unknown = sorted(set(values) - set(FLAT) - {"resume"})
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(unknown)}")
     parts: dict[str, dict[str, Any]] = {"": {}, "search": {}, **{s: {} for s in _SECTIONS}}

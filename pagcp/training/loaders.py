@@ -20,11 +20,6 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
 
 
-def _seed_worker(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    info.dataset.rng = np.random.default_rng(torch.initial_seed() % 2**32)
-
-
 @dataclasses.dataclass
 class TrainLoaders:
     """The loaders of one process: ``train`` (sharded by ``sampler``) and ``val`` (rank 0 only, else None)."""
@@ -36,11 +31,12 @@ class TrainLoaders:
     val: DataLoader | None
 
     def start_epoch(self, seed: int, rank: int, epoch: int) -> None:
-        """Reseed the shuffling, the worker seeds and the in-process augmentation for ``epoch``."""
+        """Reseed the shuffling and the augmentation stream for ``epoch`` (the same for any number of workers:
+        each image's augmentations come from (stream, its index), :class:`pagcp.data.dataset.YoloDataset`)."""
         self.sampler.set_epoch(epoch)
         seed = epoch_seed(seed, rank, epoch)
         self.generator.manual_seed(seed)
-        self.dataset.rng = np.random.default_rng(seed)
+        self.dataset.stream = seed
 
 
 def _train_loader(
@@ -55,7 +51,6 @@ def _train_loader(
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         collate_fn=YoloDataset.collate,
-        worker_init_fn=_seed_worker if workers else None,
         generator=generator,
     )
     return loader, sampler, generator
