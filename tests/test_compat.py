@@ -101,3 +101,58 @@ def test_python_api_takes_the_reference_quirks():
     reference = _prune_passing_everything(compat="reference")
     assert reference["ratio"] == REFERENCE_RATIOS[-2] == 0.9  # searched unpruned, pruned at the 18th at the end
     assert reference["channels_after"] == WIDTH - math.floor(REFERENCE_RATIOS[-2] * WIDTH) == 2  # 18 removed
+
+
+def test_reference_charges_topk_the_flops_of_the_progressively_pruned_network():
+    """The reference measures a unit's FLOPs for topk on the round's network pruned unit by unit in search order,
+    every unit with a passing ratio at its ratio (one left unpruned during the search included); the default
+    charges what the unit removed from the search network. Here c2 (searched first) passes every ratio: the
+    reference leaves it whole while searching and prunes it at 0.9 for topk, so c1 is charged less."""
+    torch.manual_seed(0)
+    model = _Tiny().eval()
+    batches = [(torch.rand(4, 3, 8, 8), None)]
+
+    def loss_fn(out: torch.Tensor, _targets) -> torch.Tensor:  # pruning lowers |out|: every ratio passes
+        return (1 + 1e-3 * out.abs().mean()).reshape(1)
+
+    example, options = torch.zeros(1, 3, 8, 8), {"units": ["c1", "c2"], "topk": 1.0, "initial_rate": 0.5}
+    graph = pagcp.trace(model, example)
+    charged = {}
+    for compat in COMPAT_MODES:
+        result = pagcp.prune(model, loss_fn, batches, example, tasks=["t"], compat=compat, **options)
+        by_name = {d["name"]: d for d in result.decisions}
+        assert [d["name"] for d in result.decisions] == ["c2", "c1"] and by_name["c1"]["tripped_task"] is None
+        c1 = by_name["c1"]
+        base = sum(c1["losses_start"])  # default: c1's start; reference: the ratchet, unmoved (c2 not applied)
+        charged[compat] = (sum(c1["losses_accepted"]) - base) / c1["efficiency"], c1["flops_removed"]
+    c2_at_90 = graph.full_keep()
+    c2_at_90["c2"][1:] = False  # 0.9 of 8 channels: 7 removed (which ones does not change the FLOPs)
+    both = c2_at_90.copy()
+    both["c1"][2:] = False  # 0.9 of 20: 18 removed
+    progressive = graph.flops(c2_at_90, 8) - graph.flops(both, 8)
+    assert charged["default"][0] == pytest.approx(charged["default"][1], rel=1e-6)  # what it removed
+    assert charged["reference"][0] == pytest.approx(progressive, rel=1e-6)
+    assert progressive < charged["reference"][1]  # c1 removed more from the search network, c2 whole there
+
+
+def test_reference_measures_efficiency_from_its_ratcheted_total():
+    """Loss efficiency = (accepted total − a base) / FLOPs: the default's base is the total when the unit's search
+    began; the reference's is its ratchet of the total (the round's start, raised by each accepted total, never
+    lowered; a unit left unpruned during the search does not move it)."""
+    from pagcp.engine.search import Search
+    from pagcp.engine.state import UnitDecision
+
+    def decided(name, start, accepted, tripped="t"):
+        return UnitDecision(name=name, channels_before=8, channels_after=4, ratio=0.5, tripped_task=tripped,
+                            losses_start=[start], losses_accepted=[accepted], flops_removed=10,
+                            evaluations=1)  # fmt: skip
+
+    decisions = [decided("a", 4.0, 3.0), decided("b", 3.0, 3.5), decided("c", 3.5, 6.0, tripped=None),
+                 decided("d", 3.5, 3.6), decided("e", 4.5, 4.6)]  # fmt: skip
+    bases = {}
+    for compat in COMPAT_MODES:
+        search = object.__new__(Search)
+        search.settings = PruneSettings(compat=compat)
+        bases[compat] = search._efficiency_bases(decisions)
+    assert bases["default"] == {"a": 4.0, "b": 3.0, "c": 3.5, "d": 3.5, "e": 4.5}
+    assert bases["reference"] == {"a": 4.0, "b": 4.0, "c": 4.0, "d": 4.0, "e": 4.0}

@@ -312,7 +312,7 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 
 def test_bad_inputs_name_the_file(tmp_path):
-    with pytest.raises(CheckpointError, match=r"missing\.pt: checkpoint file not found"):
+    with pytest.raises(CheckpointError, match=r"missing\.pt: no such checkpoint file"):
         pagcp.load_model(tmp_path / "missing.pt")
     bad = tmp_path / "bad.yaml"
     bad.write_text(

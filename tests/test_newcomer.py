@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import subprocess
 import sys
 
@@ -132,3 +133,32 @@ def test_channels_plot_tells_a_first_ratio_trip_from_a_pruned_unit(tmp_path):
         "kept", "removed", "kept whole: its first ratio tripped a loss", "searched, left unpruned by topk"
     ]  # fmt: skip
     assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(("code", "warned"), [("import torch, pagcp", True), ("import pagcp, torch", False)])
+def test_importing_torch_first_is_said(code, warned):
+    """OpenMP reads its wait policy when torch loads: pagcp can set it only when imported first, and says so
+    otherwise (unless the user set the policy)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    err = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stderr
+    assert ("torch was imported before pagcp" in err) is warned
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    err = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stderr
+    assert "torch was imported before pagcp" not in err
+
+
+def test_a_resumed_search_bar_starts_at_its_position():
+    """Units decided before a resume are where the bar starts, not units done at once (its rate and ETA)."""
+    import io
+
+    from tqdm import tqdm
+
+    from pagcp.engine.progress import SearchProgress
+
+    with SearchProgress() as bar:
+        bar.bar = tqdm(file=io.StringIO(), disable=False)  # as on a terminal
+        bar({"event": "start", "unit": "model.9", "position": 30, "total": 50, "candidates": 19})
+        assert (bar.bar.initial, bar.bar.n, bar.bar.total) == (30, 30, 50)
+        bar({"event": "unit", "unit": "model.9", "position": 31, "total": 50, "ratio": 0.2, "gflops": 1.0,
+             "tripped": "box"})  # fmt: skip
+        assert (bar.bar.initial, bar.bar.n) == (30, 31)

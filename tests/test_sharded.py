@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from launch import free_port
 
 ARGS = ["--weights", "yolov5n", "--data", "demo:train=16,val=24,img=96", "--img", "96", "--batch", "4",
         "--subset", "16", "--initial-rate", "0.002", "--initial-thres", "1.05",
@@ -23,7 +24,7 @@ def _command(processes: int) -> list[str]:
     if processes == 1:
         return [sys.executable, "-m", "pagcp.prune"]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
-            "29517", "-m", "pagcp.prune"]  # fmt: skip
+            str(free_port()), "-m", "pagcp.prune"]  # fmt: skip
 
 
 def _env() -> dict[str, str]:

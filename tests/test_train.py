@@ -7,13 +7,13 @@ import csv
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from launch import free_port
 from torch import nn
 
 from pagcp.cli.train import main as train_main
@@ -242,12 +242,6 @@ def test_pruned_checkpoint_fine_tunes_with_its_widths(tiny_data, tmp_path, capsy
 # ----------------------------------------------------------------------------------------- distributed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
@@ -266,7 +260,7 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
 
 
 def test_two_process_gloo_run_ends_with_identical_weights(tiny_data, tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), tiny_data, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), tiny_data, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["epochs"] == r1["epochs"] == 2
     assert state_dicts_equal(r0["model"], r1["model"])
@@ -286,7 +280,7 @@ def test_torchrun_cli_trains_on_two_cpu_processes(tiny_data, tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "pagcp.train",
         "--cfg",

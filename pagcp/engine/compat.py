@@ -43,6 +43,14 @@ class Compat:
     #: a unit that passes every ratio: None accepts the last ratio at once; an index i leaves it unpruned
     #: during the search (no threshold decay, no ratchet) and prunes it at ``ratios[i]`` in the round's result
     all_passed_ratio_index: int | None
+    #: topk's loss efficiency of a unit: (its accepted total loss - this) / FLOPs removed, where this is "start"
+    #: (the network's total loss when the unit's search began) or "ratcheted" (the round's ratcheted total: the
+    #: largest of the round's starting total and every total accepted before the unit)
+    efficiency_base: str
+    #: the FLOPs topk charges a unit: "search" (what it removed from the search network when it was decided) or
+    #: "progressive" (recomputed on the round's starting network pruned, in search order, by every unit with a
+    #: passing ratio at its recorded ratio, itself included: so a unit left unpruned during the search counts)
+    topk_flops: str
     #: the oracle's batch is this many times ``--batch`` (the reference's validation loader doubles it)
     oracle_batch_factor: int
     #: the split the oracle's images come from unless ``--oracle-split`` says otherwise
@@ -74,12 +82,13 @@ class Compat:
 
 COMPAT: dict[str, Compat] = {
     "default": Compat(
-        name="default", ratios=RATIOS, exact_counts=True, all_passed_ratio_index=None, oracle_batch_factor=1,
-        oracle_split="train", oracle_subset=DEFAULT_SUBSET,
+        name="default", ratios=RATIOS, exact_counts=True, all_passed_ratio_index=None, efficiency_base="start",
+        topk_flops="search", oracle_batch_factor=1, oracle_split="train", oracle_subset=DEFAULT_SUBSET,
     ),
     "reference": Compat(
         name="reference", ratios=REFERENCE_RATIOS, exact_counts=False, all_passed_ratio_index=-2,
-        oracle_batch_factor=2, oracle_split="val", oracle_subset=None,
+        efficiency_base="ratcheted", topk_flops="progressive", oracle_batch_factor=2, oracle_split="val",
+        oracle_subset=None,
         refused_splits=(("train", "prunes on the val split, as the reference does"),),
     ),
 }  # fmt: skip

@@ -202,6 +202,7 @@ class _Rule:
     lam: float
     base: torch.Tensor
     current: torch.Tensor
+    base_total: float  # the reference's own ratchet of the total loss (its efficiency base in topk)
 
 
 def _visit(graph, oracle, rule: _Rule, unit: str, tasks, s: PruneSettings, img_size) -> dict[str, Any]:
@@ -222,7 +223,7 @@ def _visit(graph, oracle, rule: _Rule, unit: str, tasks, s: PruneSettings, img_s
         last, last_losses, last_mask = r, losses, mask
     d = {"name": unit, "ratio": 0.0, "tripped_task": tripped, "losses_start": rule.current.tolist(),
          "losses_accepted": None, "flops_removed": 0, "channels_before": int(keep[unit].sum()),
-         "target_ratio": None}  # fmt: skip
+         "target_ratio": None, "base_total": rule.base_total}  # fmt: skip
     if last is None:
         return d
     if tripped is None and s.compat == "reference":  # unpruned now, pruned at the next-to-last ratio at the end
@@ -235,6 +236,7 @@ def _visit(graph, oracle, rule: _Rule, unit: str, tasks, s: PruneSettings, img_s
              flops_removed=graph.flops(keep, img_size) - graph.flops(new, img_size))  # fmt: skip
     rule.keep, rule.thres = new, rule.thres * rule.lam
     rule.base, rule.current = torch.maximum(rule.base, last_losses), last_losses
+    rule.base_total = max(rule.base_total, float(last_losses.sum()))
     return d
 
 
@@ -245,11 +247,29 @@ def naive_saliency(graph: ChannelGraph, oracle: NaiveOracle, keep: Keep, unit: s
     return naive_scores(graph, keep, unit, criterion)
 
 
-def _topk(decisions: list[dict[str, Any]], n_units: int, s: PruneSettings) -> list[str]:
-    """The int(n_units * topk) most loss-efficient pruned units, most efficient first (ties: search order)."""
-    candidates = [d for d in decisions if d["ratio"] > 0 and d["flops_removed"] > 0]
+def _reference_flops(graph, oracle, start: Keep, decisions: list[dict[str, Any]], s: PruneSettings, img_size):
+    """What the reference charges each unit in topk: a copy of the round's start pruned unit after unit, in search
+    order, every unit with a ratio at that ratio (channels by saliency on that copy); the FLOPs each step removes."""
+    copy, charged = start.copy(), {}
+    for d in decisions:
+        if d["ratio"] > 0:
+            scores = naive_saliency(graph, oracle, copy, d["name"], s.saliency)
+            after = naive_with(copy, d["name"], naive_select(scores, copy[d["name"]], d["ratio"], True))
+            charged[d["name"]] = graph.flops(copy, img_size) - graph.flops(after, img_size)
+            copy = after
+    return charged
+
+
+def _topk(decisions: list[dict[str, Any]], n_units: int, s: PruneSettings, charged: dict[str, int] | None) -> list[str]:
+    """The int(n_units * topk) most loss-efficient pruned units, most efficient first (ties: search order).
+    ``charged``: the FLOPs the reference charges (its mode), else each unit's own ``flops_removed``; the reference
+    also measures the loss rise from its ratcheted total (``base_total``), this engine from the unit's start."""
+    reference = charged is not None
+    flops = charged if reference else {d["name"]: d["flops_removed"] for d in decisions}
+    candidates = [d for d in decisions if d["ratio"] > 0 and flops.get(d["name"], 0) > 0]
     for d in candidates:
-        d["efficiency"] = (sum(d["losses_accepted"]) - sum(d["losses_start"])) / d["flops_removed"]
+        start = d["base_total"] if reference else sum(d["losses_start"])
+        d["efficiency"] = (sum(d["losses_accepted"]) - start) / flops[d["name"]]
     ranked = [d["name"] for d in sorted(candidates, key=lambda d: d["efficiency"])[: int(n_units * s.topk)]]
     for d in decisions:
         d["selected"] = d["name"] in ranked
@@ -283,36 +303,18 @@ def naive_round(graph, oracle: NaiveOracle, tasks: Sequence[str], s: PruneSettin
         removed[u] = now - graph.flops(naive_with(start, u, cut), img_size)
     order = sorted(units, key=lambda u: -removed[u] if lam <= 1 else removed[u])
     base = oracle.losses(start)
-    rule = _Rule(start.copy(), rate, lam, base.clone(), base.clone())
+    rule = _Rule(start.copy(), rate, lam, base.clone(), base.clone(), float(base.sum()))
     decisions = [_visit(graph, oracle, rule, u, list(tasks), s, img_size) for u in order]
     for d in decisions:
         d["round"] = index
-    ranked = _topk(decisions, len(order), s)
+    charged = _reference_flops(graph, oracle, start, decisions, s, img_size) if reference else None
+    ranked = _topk(decisions, len(order), s, charged)
     final = _rebuild(graph, oracle, start, decisions, s)
     return {"round": index, "start": start.copy(), "keep": final, "decisions": decisions, "ranked": ranked,
             "order": order, "lambda": lam, "base": base.tolist()}  # fmt: skip
 
 
-def naive_prune(
-    graph: ChannelGraph,
-    batches: Sequence[Batch],
-    loss_fn: TaskLoss,
-    tasks: Sequence[str],
-    settings: PruneSettings,
-    img_size: int | tuple[int, int],
-    train_mode_leaves: tuple[type, ...] = (),
-) -> dict[str, Any]:
-    """The search the settings describe, straightforwardly: one round, or with ``target_gflops`` rounds back to
-    back (:func:`pagcp.engine.naive_rounds.naive_search`). Returns ``keep`` (final masks), ``decisions`` (the last
-    round's, search order, with ``ratio`` and ``selected``), its ``order``, ``lambda`` and ``base``, ``history``
-    (every round), ``stop`` (why it ended) and ``evaluations``."""
-    from pagcp.engine.naive_rounds import naive_search  # it builds on this module's round
-
-    oracle = NaiveOracle(graph, batches, loss_fn, train_mode_leaves)
-    return naive_search(graph, oracle, tasks, settings, img_size)
-
-
 __all__ = [
-    "NaiveOracle", "naive_lambda", "naive_prune", "naive_round", "naive_saliency", "naive_scope", "naive_scores",
+    "NaiveOracle", "naive_lambda", "naive_round", "naive_saliency", "naive_scope", "naive_scores",
     "naive_select", "naive_with",
 ]  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from pagcp.engine.naive import NaiveOracle, naive_round, naive_saliency, naive_scope, naive_select, naive_with
+from pagcp.engine.oracle import Batch, TaskLoss
 from pagcp.engine.settings import PruneSettings
 from pagcp.graph import ChannelGraph, Keep
 
@@ -144,4 +145,21 @@ def naive_cycles(model: nn.Module, problem_of: Callable[[nn.Module], Any], setti
     return {"cycles": records, "flops_original": original, "model": model, "met": met}
 
 
-__all__ = ["STOPS", "TOLERANCE", "naive_cycles", "naive_fill", "naive_rounds", "naive_search"]
+def naive_prune(
+    graph: ChannelGraph,
+    batches: Sequence[Batch],
+    loss_fn: TaskLoss,
+    tasks: Sequence[str],
+    settings: PruneSettings,
+    img_size: int | tuple[int, int],
+    train_mode_leaves: tuple[type, ...] = (),
+) -> dict[str, Any]:
+    """The search the settings describe, straightforwardly: one round, or with ``target_gflops`` rounds back to
+    back (:func:`naive_search`). Returns ``keep`` (final masks), ``decisions`` (the last
+    round's, search order, with ``ratio`` and ``selected``), its ``order``, ``lambda`` and ``base``, ``history``
+    (every round), ``stop`` (why it ended) and ``evaluations``."""
+    oracle = NaiveOracle(graph, batches, loss_fn, train_mode_leaves)
+    return naive_search(graph, oracle, tasks, settings, img_size)
+
+
+__all__ = ["STOPS", "TOLERANCE", "naive_cycles", "naive_fill", "naive_prune", "naive_rounds", "naive_search"]

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from pagcp.engine.api import PruneResult, prune
-from pagcp.engine.naive import NaiveOracle, naive_prune
+from pagcp.engine.naive import NaiveOracle
+from pagcp.engine.naive_rounds import naive_prune
 from pagcp.engine.oracle import Batch, Shard, SubsetOracle, TaskLoss
 from pagcp.engine.settings import PruneSettings
 from pagcp.errors import ConfigError

@@ -252,9 +252,10 @@ class Search:
         ``target_gflops``, a selection that would go below the target is filled up to it instead."""
         st, s = self.state, self.settings
         decisions = [UnitDecision(**d) for d in st.decisions]
-        pruned = [d for d in decisions if d.ratio > 0 and d.flops_removed > 0]
+        flops, base = self._topk_flops(decisions), self._efficiency_bases(decisions)
+        pruned = [d for d in decisions if d.ratio > 0 and flops[d.name] > 0]
         for d in pruned:
-            d.efficiency = (sum(d.losses_accepted) - sum(d.losses_start)) / d.flops_removed
+            d.efficiency = (sum(d.losses_accepted) - base[d.name]) / flops[d.name]
         n_keep = int(len(st.order) * s.topk)
         ranked = sorted(pruned, key=lambda d: d.efficiency)[:n_keep]  # stable: ties keep search order
         chosen = {d.name for d in ranked}
@@ -282,6 +283,33 @@ class Search:
             "gflops": self.graph.flops(keep, self.img_size) / 1e9, "evaluations": st.evaluations,
         })  # fmt: skip
         return keep
+
+    def _topk_flops(self, decisions: list[UnitDecision]) -> dict[str, float]:
+        """The FLOPs topk charges each unit, by the mode (:class:`pagcp.engine.compat.Compat` ``topk_flops``)."""
+        s = self.settings
+        if s.mode.topk_flops == "search":
+            return {d.name: d.flops_removed for d in decisions}
+        keep, flops = self.state.round_keep.copy(), {}
+        for d in decisions:
+            flops[d.name] = 0
+            if d.ratio > 0:
+                trial = keep.replace(d.name, select_keep(self._scores(keep, d.name), keep[d.name], d.ratio,
+                                                         s.exact_counts))  # fmt: skip
+                flops[d.name] = self.graph.flops(keep, self.img_size) - self.graph.flops(trial, self.img_size)
+                keep = trial
+        return flops
+
+    def _efficiency_bases(self, decisions: list[UnitDecision]) -> dict[str, float]:
+        """The total loss each unit's efficiency is measured from, by the mode (``efficiency_base``)."""
+        if self.settings.mode.efficiency_base == "start":
+            return {d.name: sum(d.losses_start) for d in decisions}
+        late = self.settings.mode.all_passed_ratio_index is not None
+        bases, running = {}, sum(decisions[0].losses_start) if decisions else 0.0
+        for d in decisions:
+            bases[d.name] = running
+            if d.ratio > 0 and not (late and d.tripped_task is None):  # applied during the search: it ratchets
+                running = max(running, sum(d.losses_accepted))
+        return bases
 
     def _target_flops(self) -> float | None:
         s = self.settings
