@@ -127,6 +127,7 @@ setup(
         "test": [
             "pytest",
             "pytest-benchmark",
+            "pytest-xdist",
             "scikit-image",
             "scikit-learn",
             "ruff",

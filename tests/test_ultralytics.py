@@ -35,10 +35,9 @@ from pagcp.families.ultralytics_detect import (  # noqa: E402
     YoloV5Outputs,
     fix_pruned_attributes,
     load_ultralytics,
-    loss_hyperparameters,
     save_ultralytics,
-    ultralytics_batch,
 )
+from pagcp.families.ultralytics_loss import loss_hyperparameters, ultralytics_batch  # noqa: E402
 from pagcp.models.checkpoint import WEIGHTS_DIR  # noqa: E402
 
 IMG = 96

@@ -51,7 +51,8 @@ class Family:
     """Base class of the model families; a family overrides what its models need (see the module docstring).
 
     Class attributes: ``name`` (the registry key), ``title`` (in messages), ``checkpoint_format`` (what
-    :meth:`save` writes), ``tasks`` (the oracle's task losses, in the loss's order), ``metrics`` (what
+    :meth:`save` writes), ``tasks`` (the oracle's task losses, in the loss's order; :meth:`task_names` when they
+    depend on the model), ``metrics`` (what
     :meth:`validate` returns, in the report's column order) and ``primary_metric`` (the one its cycle table and
     plot show).
     """
@@ -169,8 +170,13 @@ class Family:
                 "use the data yaml the model was trained on"
             )
 
+    def task_names(self, model: nn.Module) -> tuple[str, ...]:
+        """The oracle's tasks for ``model``, in the order :meth:`task_loss` returns them (:attr:`tasks` unless the
+        family's models differ in their heads)."""
+        return tuple(self.tasks)
+
     def task_loss(self, model: nn.Module, img_size: int) -> TaskLoss:
-        """``loss_fn(outputs, targets)`` -> the 1-D tensor of :attr:`tasks` losses of one batch (means)."""
+        """``loss_fn(outputs, targets)`` -> the 1-D tensor of :meth:`task_names` losses of one batch (means)."""
         raise NotImplementedError
 
     def oracle_batches(self, model: nn.Module, items: list[str], img: int, batch: int, device: torch.device,
@@ -182,7 +188,7 @@ class Family:
                 **options: Any) -> Problem:  # fmt: skip
         """The :class:`~pagcp.engine.problem.Problem` of ``model`` over ``batches`` (``options``: ``shard``,
         ``dtype``, ``replay``, as the Problem takes them)."""
-        return Problem(model, batches, self.task_loss(model, img), tuple(self.tasks), img, list(items or []),
+        return Problem(model, batches, self.task_loss(model, img), self.task_names(model), img, list(items or []),
                        leaf_modules=self.leaf_modules(model), train_mode_leaves=self.train_mode_leaves(model),
                        head_reads=self.head_reads, finish=self.sliced, **options)  # fmt: skip
 

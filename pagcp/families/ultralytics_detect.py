@@ -1,18 +1,23 @@
-"""The Ultralytics detection family: YOLOv8, YOLO11 and the other Ultralytics detectors with a one-to-many
-Detect head. Needs ``pip install "pagcp[ultralytics]"``; the ``ultralytics`` package is imported when used.
+"""The Ultralytics detection family: YOLOv8, YOLO11, YOLO12 (a one-to-many Detect head) and YOLO26, YOLOv10 (an
+end-to-end head: a one-to-one branch beside the one-to-many one). Needs ``pip install "pagcp[ultralytics]"``;
+the ``ultralytics`` package is imported when used.
 
 - Recognised: the bundled ``yolov8n-demo``; a model yaml with ``scales`` or Ultralytics-only blocks, or a yaml
-  name Ultralytics ships (``yolov8n.yaml``, ``yolo11s.yaml``, any scale); a ``.pt`` whose pickle names
-  ``ultralytics.`` classes (read through the allow-listing unpickler of :mod:`pagcp.models.ultralytics_pickle`);
-  a loaded model of ``ultralytics.nn.tasks`` whose last layer is exactly ``Detect``.
-- The head is Detect: input i feeds the first conv of ``cv2[i]`` (box branch) and ``cv3[i]`` (class branch).
-  YOLO11's class branch starts with a depthwise conv; the engine runs a leaf with input-sliced weights only,
-  which cannot change a depthwise conv's group count, so an input read that way stays whole (the trace says so).
-- Tasks: box, cls, dfl of Ultralytics' own ``v8DetectionLoss`` (the values it logs as box_loss, cls_loss,
-  dfl_loss), on Detect's raw training-mode output dict.
+  name Ultralytics ships (``yolov8n.yaml``, ``yolo11s.yaml``, ``yolo26n.yaml``, any scale); a ``.pt`` whose
+  pickle names ``ultralytics.`` classes (read through the allow-listing unpickler of
+  :mod:`pagcp.models.ultralytics_pickle`); a loaded model of ``ultralytics.nn.tasks`` whose last layer is exactly
+  ``Detect`` or ``v10Detect``.
+- The head is Detect: input i feeds the first conv of ``cv2[i]`` (box branch) and ``cv3[i]`` (class branch), and
+  of ``one2one_cv2[i]`` and ``one2one_cv3[i]`` on an end-to-end head; every branch reads the same input, so its
+  channels are kept or dropped for all of them at once. The class branch of YOLO11, YOLO26 and YOLOv10 starts
+  with a depthwise conv; the engine runs a leaf with input-sliced weights only, which cannot change a depthwise
+  conv's group count, so an input read that way stays whole (the trace says so).
+- Tasks: the components of Ultralytics' own training loss, per branch of an end-to-end head
+  (:mod:`pagcp.families.ultralytics_loss`), on Detect's raw training-mode output dict.
 - Checkpoints are Ultralytics' own (``YOLO("pruned.pt")`` loads them without pagcp, with their widths);
   fine-tuning is Ultralytics' trainer with the network kept as it is (:data:`PrunedDetectionTrainer`); export is
-  Ultralytics' ONNX export; box mAP is pagcp's validation of the predictions presented YOLOv5-style.
+  Ultralytics' ONNX export; box mAP is pagcp's validation of the predictions presented YOLOv5-style: those of
+  the one-to-many branch with NMS, as Ultralytics validates and exports by default (``nms=None``).
 """
 
 from __future__ import annotations
@@ -21,19 +26,18 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from torch import nn
-from torch.utils import _pytree as pytree
 
 from pagcp.data import load_data_config
 from pagcp.engine.oracle import TaskLoss
 from pagcp.errors import CheckpointError, ConfigError
 from pagcp.families.base import FinetuneJob
+from pagcp.families.ultralytics_loss import detection_tasks, ultralytics_task_loss
 from pagcp.families.yolo_format import YoloFormatFamily
 from pagcp.graph import HeadReads
 from pagcp.graph.heads import first_conv
@@ -42,7 +46,6 @@ from pagcp.models.ultralytics_io import (
     build_from_yaml,
     model_of_checkpoint,
     pickle_mentions,
-    plain_args,
     pruned_trainer,
     read_checkpoint,
     require_ultralytics,
@@ -51,27 +54,29 @@ from pagcp.models.ultralytics_io import (
 
 #: bundled Ultralytics checkpoints (in pagcp/models/weights), by name
 BUNDLED = ("yolov8n-demo",)
-#: the three task losses of Ultralytics' detection loss, in v8DetectionLoss's order
+#: the task losses of a one-to-many head of reg_max > 1 (YOLOv8, YOLO11), in v8DetectionLoss's order; a model's
+#: own are :func:`pagcp.families.ultralytics_loss.detection_tasks`
 ULTRALYTICS_TASKS = ("box", "cls", "dfl")
-#: Detect's per-input branches (one nn.Sequential per input in each)
-BRANCHES = ("cv2", "cv3")
+#: Detect's per-input branches (one nn.Sequential per input in each); an end-to-end head has all four
+BRANCHES = ("cv2", "cv3", "one2one_cv2", "one2one_cv3")
 #: modules only Ultralytics' model yamls use (YOLOv5's use C3, SPPF, Detect and the like)
 _ULTRALYTICS_MODULES = {"C2f", "C3k2", "C2PSA", "C2fAttn", "A2C2f", "SCDown", "PSA", "C2fCIB", "ELAN1", "RepNCSPELAN4"}
-_SHIPPED_PREFIXES = ("yolov8", "yolov9", "yolov10", "yolo11", "yolo12")
+_SHIPPED_PREFIXES = ("yolov8", "yolov9", "yolov10", "yolo11", "yolo12", "yolo26")
 
 
-def _detect_class() -> type:
+def _detect_classes() -> tuple[type, ...]:
+    """The detection heads of this family, matched exactly (Segment, Pose and OBB subclass Detect)."""
     require_ultralytics()
-    from ultralytics.nn.modules.head import Detect
+    from ultralytics.nn.modules.head import Detect, v10Detect
 
-    return Detect
+    return Detect, v10Detect
 
 
 def detect_head(model: nn.Module) -> nn.Module:
     """The Detect head (the last layer) of an Ultralytics detection model; ConfigError naming what it is else."""
     layers = getattr(model, "model", None)
     head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
-    if type(head) is not _detect_class():
+    if type(head) not in _detect_classes():
         found = type(head).__name__ if head is not None else f"no layer list ({type(model).__name__})"
         raise ConfigError(f"pagcp prunes Ultralytics detection models (a Detect head); this model has {found}")
     return head
@@ -94,13 +99,16 @@ def is_ultralytics_spec(spec: str | Path) -> bool:
 
 
 def detect_reads(name: str, module: nn.Module, inputs: list[torch.Tensor]) -> HeadReads | None:
-    """Ultralytics' Detect: input i feeds the first conv of ``cv2[i]`` and ``cv3[i]``; a depthwise first conv
-    pins its input (see the module docstring). None for any other leaf."""
-    if type(module) is not _detect_class():
+    """Ultralytics' Detect: input i feeds the first conv of ``cv2[i]`` and ``cv3[i]`` (and of ``one2one_cv2[i]``,
+    ``one2one_cv3[i]``); a depthwise first conv pins its input (see the module docstring). None for any other
+    leaf."""
+    if type(module) not in _detect_classes():
         return None
     reads = HeadReads()
     for attr in BRANCHES:
         branch = getattr(module, attr, None)
+        if branch is None and attr.startswith("one2one_"):
+            continue
         if not isinstance(branch, nn.ModuleList) or len(branch) != len(inputs):
             return None
         for i, seq in enumerate(branch):
@@ -139,7 +147,8 @@ class YoloV5Outputs(nn.Module):
 
     Ultralytics predicts (batch, 4 + nc, anchors): xywh pixels and class scores, no objectness. This returns
     ((batch, anchors, 5 + nc) with objectness 1, None), so pagcp's NMS scores each box by its class score as
-    Ultralytics' NMS does.
+    Ultralytics' NMS does. An end-to-end head switched to its NMS-free output (``end2end`` True) is read through
+    its one-to-many branch all the same, as Ultralytics validates it by default.
     """
 
     def __init__(self, detector: nn.Module):
@@ -149,64 +158,20 @@ class YoloV5Outputs(nn.Module):
         self.names = [names[k] for k in sorted(names)] if isinstance(names, dict) else names
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        y = self.detector(x)
+        head = self.detector.model[-1]
+        switched = bool(getattr(head, "end2end", False))
+        if switched:
+            if head.cv2 is None:
+                raise ConfigError("an end-to-end model fused down to its one-to-one branch: pagcp validates (and "
+                                  "prunes) models that still have their one-to-many branch, as trained")  # fmt: skip
+            head.end2end = False  # Ultralytics' own one-to-many decoding, for this call
+        try:
+            y = self.detector(x)
+        finally:
+            if switched:
+                head.end2end = True
         y = (y[0] if isinstance(y, (tuple, list)) else y).transpose(1, 2)
         return torch.cat([y[..., :4], torch.ones_like(y[..., :1]), y[..., 4:]], -1), None
-
-
-# -- the loss ---------------------------------------------------------------------------------------
-def loss_hyperparameters(model: nn.Module) -> Any:
-    """Ultralytics' default hyper-parameters overlaid with the model's own ``args`` (box/cls/dfl gains, ...)."""
-    require_ultralytics()
-    from ultralytics.cfg import DEFAULT_CFG_DICT
-    from ultralytics.utils import IterableSimpleNamespace
-
-    own = plain_args(model)
-    return IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **{k: v for k, v in own.items() if k in DEFAULT_CFG_DICT}})
-
-
-@dataclass
-class _CriterionView:
-    """What v8DetectionLoss reads of a model (layers, parameters for the device, args), nothing else."""
-
-    model: nn.Sequential
-    parameters: Any
-    args: Any
-    class_weights: Any = None
-
-
-def ultralytics_criterion(model: nn.Module) -> Any:
-    """``v8DetectionLoss`` of ``model`` built as Ultralytics builds it, without touching ``model.args``."""
-    from ultralytics.utils.loss import v8DetectionLoss
-
-    if getattr(detect_head(model), "one2one_cv2", None) is not None:
-        raise ConfigError(
-            "this model has an end-to-end (one-to-one) Detect head (YOLO26 / YOLOv10 style); pagcp's Ultralytics "
-            "oracle supports the one-to-many heads of YOLOv8 and YOLO11"
-        )
-    return v8DetectionLoss(_CriterionView(model.model, model.parameters, loss_hyperparameters(model)))
-
-
-def ultralytics_batch(targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """pagcp's targets (rows ``image, class, cx, cy, w, h``, normalised) as Ultralytics' batch dict."""
-    return {"batch_idx": targets[:, 0], "cls": targets[:, 1:2], "bboxes": targets[:, 2:6]}
-
-
-def ultralytics_task_loss(model: nn.Module) -> TaskLoss:
-    """box, cls, dfl of Ultralytics' loss for ``model``'s raw training outputs (an eval (y, raw) pair works too)."""
-    criterion = ultralytics_criterion(model)
-
-    def loss_fn(out: Any, targets: torch.Tensor) -> torch.Tensor:
-        raw = out[1] if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict) else out
-        if not isinstance(raw, dict) or "boxes" not in raw:
-            raise ConfigError(f"the Ultralytics loss needs Detect's raw output dict, got {type(raw).__name__}")
-        raw = pytree.tree_map_only(torch.Tensor, lambda t: t.float() if t.is_floating_point() else t, raw)
-        _, items = criterion(raw, ultralytics_batch(targets))
-        if isinstance(items, dict):
-            items = torch.stack([items[name] for name in criterion.loss_names])
-        return items.detach().reshape(-1)
-
-    return loss_fn
 
 
 def _prepare_for_training(weights: nn.Module, trainer: Any) -> nn.Module:
@@ -244,7 +209,7 @@ class UltralyticsDetectFamily(YoloFormatFamily):
         if not type(model).__module__.startswith("ultralytics."):
             return False
         layers = getattr(model, "model", None)
-        return isinstance(layers, nn.Sequential) and len(layers) > 0 and type(layers[-1]) is _detect_class()
+        return isinstance(layers, nn.Sequential) and len(layers) > 0 and type(layers[-1]) in _detect_classes()
 
     def load(self, spec: str | Path, nc: int | None = None, device: str | torch.device = "cpu") -> nn.Module:
         """A model yaml, an Ultralytics ``.pt`` (allow-listed: a file naming any other global raises
@@ -285,10 +250,10 @@ class UltralyticsDetectFamily(YoloFormatFamily):
         return int(self.head(model).nc)
 
     def leaf_modules(self, model: nn.Module) -> tuple:
-        return (_detect_class(),)
+        return _detect_classes()
 
     def train_mode_leaves(self, model: nn.Module) -> tuple[type, ...]:
-        return (_detect_class(),)
+        return _detect_classes()
 
     def head_reads(self, name: str, module: nn.Module, inputs: list[torch.Tensor]) -> HeadReads | None:
         return detect_reads(name, module, inputs)
@@ -299,6 +264,9 @@ class UltralyticsDetectFamily(YoloFormatFamily):
     def backbone_layers(self, model: nn.Module) -> int:
         """Layers of the model's backbone (YOLOv8: 10, YOLO11: 11), from its yaml."""
         return len(getattr(model, "yaml", {}).get("backbone", [])) or 10
+
+    def task_names(self, model: nn.Module) -> tuple[str, ...]:
+        return detection_tasks(self.head(model))
 
     def task_loss(self, model: nn.Module, img_size: int) -> TaskLoss:
         return ultralytics_task_loss(model)

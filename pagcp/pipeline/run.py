@@ -118,7 +118,8 @@ def _run(settings: RunSettings, run_dir: Path | None) -> dict[str, Any]:
     family = job.family
     report = {
         "weights": settings.weights, "data": settings.oracle.data, "run_dir": str(run_dir), "family": family.name,
-        "metrics": list(family.metrics), "primary_metric": family.primary_metric or family.metrics[0], **figures,
+        "metrics": list(family.metrics), "primary_metric": family.primary_metric or family.metrics[0],
+        "tasks": list(family.task_names(job.model)), **figures,
         "params_before": before["params"], "params_after": after["params"],
         "gflops_before": before["gflops"], "gflops_after": after["gflops"],
         "img_size": job.img, "subset": len(job.items), "oracle_split": settings.oracle_split,

@@ -1,0 +1,158 @@
+"""Ultralytics' end-to-end detectors (YOLO26, YOLOv10): a one-to-one branch beside the one-to-many one. Both
+branches read the same inputs and keep their widths; the oracle's tasks are each branch's components of
+Ultralytics' own E2ELoss; a pruned checkpoint round-trips through Ultralytics without pagcp and fine-tunes with
+its widths; the bundled yolo26n-demo prunes end to end from the command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+if importlib.util.find_spec("ultralytics") is None:
+    pytest.skip("needs the ultralytics package (pip install ultralytics)", allow_module_level=True)
+
+from test_slicing import assert_sliced_equals_masked, random_keep, randomize_norms  # noqa: E402
+from test_ultralytics import _ALONE, _outputs, _train_files, _widths  # noqa: E402
+
+import pagcp  # noqa: E402
+from pagcp.data.demo import generate_demo  # noqa: E402
+from pagcp.families import problem_of  # noqa: E402
+from pagcp.families.ultralytics_detect import YoloV5Outputs, load_ultralytics, save_ultralytics  # noqa: E402
+from pagcp.families.ultralytics_loss import loss_hyperparameters, ultralytics_batch  # noqa: E402
+from pagcp.models.checkpoint import WEIGHTS_DIR  # noqa: E402
+
+IMG = 96
+E2E_TASKS = ("box", "cls", "l1", "box_o2o", "cls_o2o", "l1_o2o")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> str:
+    return generate_demo(str(tmp_path_factory.mktemp("demo") / "tiny"), train=16, val=8, img=IMG, seed=0, workers=1)
+
+
+@pytest.fixture(scope="module")
+def pruned_yolo26(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, ...]]]:
+    """yolo26n (random weights, nc=6) with every unit keeping a random subset, saved in Ultralytics' format."""
+    model = randomize_norms(load_ultralytics("yolo26n.yaml", nc=6))
+    graph = pagcp.trace(model, torch.zeros(1, 3, 64, 64))
+    sliced = graph.slice(random_keep(graph, 4))
+    path = save_ultralytics(sliced, tmp_path_factory.mktemp("pruned26") / "pruned.pt", note="test")
+    return path, _widths(sliced)
+
+
+@pytest.mark.parametrize("cfg", ["yolo26n.yaml", "yolov10n.yaml"])
+def test_sliced_equals_masked_on_both_branches(cfg):
+    model = randomize_norms(load_ultralytics(cfg, nc=6))
+    x = torch.randn(1, 3, 64, 64)
+    graph = pagcp.trace(model, x)
+    for seed in (1, 2):
+        assert_sliced_equals_masked(model, graph, x, random_keep(graph, seed), 64, flatten=_outputs)
+    head = model.model[-1]
+    # the class branches open with a depthwise conv: every head input stays whole, and the trace says why
+    reasons = [r for r in graph.pinned if r.startswith("input ") and "depthwise conv" in r]
+    assert len(reasons) == head.nl and all(f"{len(model.model) - 1}.cv3." in r for r in reasons)
+
+
+def test_tasks_are_each_branch_of_ultralytics_e2e_loss(tiny_data):
+    model = randomize_norms(load_ultralytics("yolo26n.yaml", nc=6))
+    problem = problem_of(model, _train_files(tiny_data), IMG, 8, 8, seed=0)
+    assert problem.tasks == E2E_TASKS
+    images, targets = problem.batches[0]
+    head = model.model[-1]
+    head.training = True
+    with torch.no_grad():
+        raw = model(images)
+    head.training = False
+    model.args = loss_hyperparameters(model)
+    reference = model.init_criterion()  # Ultralytics' own E2ELoss, as its trainer builds it
+    assert type(reference).__name__ == "E2ELoss"
+    batch = ultralytics_batch(targets)
+    total, logged = reference(raw, batch)
+    many = torch.stack(list(reference.one2many.loss(raw["one2many"], batch)[1].values()))
+    ours = problem.loss_fn(raw, targets)
+    torch.testing.assert_close(ours[3:], torch.stack(list(logged.values())), rtol=0, atol=0)  # what it logs
+    torch.testing.assert_close(ours[:3], many, rtol=0, atol=0)
+    mixed = (reference.o2m * ours[:3] + reference.o2o * ours[3:]) * images.shape[0]
+    torch.testing.assert_close(mixed, total.detach(), rtol=1e-6, atol=0)  # the loss it trains on, per component
+
+    graph = pagcp.trace(model, problem.example_input())
+    keep = graph.keep(random_keep(graph, 3))
+    engine, naive = problem.oracle(graph).losses(keep), problem.naive_oracle(graph).losses(keep)
+    torch.testing.assert_close(engine, naive, rtol=1e-5, atol=1e-6)
+
+
+def test_validation_reads_the_one_to_many_branch_either_way():
+    """pagcp's box mAP scores the one-to-many predictions (Ultralytics' default, NMS), also of a head switched
+    to its NMS-free output."""
+    model = randomize_norms(load_ultralytics("yolo26n.yaml", nc=6))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        plain, _ = YoloV5Outputs(model)(x)
+        model.end2end = True
+        switched, _ = YoloV5Outputs(model)(x)
+    assert plain.shape == (2, 84, 5 + 6)
+    torch.testing.assert_close(switched, plain, rtol=0, atol=0)
+
+
+def test_pruned_yolo26_round_trips_through_ultralytics_without_pagcp(pruned_yolo26, tiny_data, tmp_path):
+    path, widths = pruned_yolo26
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    cmd = [sys.executable, "-c", textwrap.dedent(_ALONE), str(path), tiny_data, str(tmp_path / "val")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not report["pagcp"] and report["predicted"] == 1
+    assert {k: tuple(v) for k, v in report["widths"].items()} == widths
+    assert any(k.startswith("model.23.one2one_cv2.") for k in widths)  # both branches came through
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(report["onnx"], providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {session.get_inputs()[0].name: torch.rand(1, 3, 64, 64).numpy()})
+    assert output.shape == (1, 4 + 6, 84)
+
+
+def test_pruned_yolo26_keeps_its_widths_through_e2e_training(pruned_yolo26, tiny_data, tmp_path):
+    from ultralytics import YOLO
+
+    from pagcp.families.ultralytics_detect import PrunedDetectionTrainer
+
+    path, widths = pruned_yolo26
+    model = YOLO(str(path))
+    model.train(trainer=PrunedDetectionTrainer, data=tiny_data, epochs=1, imgsz=64, batch=8, workers=0, plots=False,
+                device="cpu", amp=False, project=str(tmp_path), name="ft", exist_ok=True)  # fmt: skip
+    assert type(model.trainer.model.init_criterion()).__name__ == "E2ELoss"
+    assert _widths(model.model) == widths
+    assert _widths(load_ultralytics(model.trainer.best)) == widths
+
+
+def test_the_prune_command_on_yolo26n_demo(tmp_path):
+    """`python -m pagcp.prune --weights yolo26n-demo --json`: the six tasks guard the search, the report's GFLOPs
+    are the saved model's, and box mAP is reported before, after pruning and after fine-tuning."""
+    if not (WEIGHTS_DIR / "yolo26n-demo.pt").is_file():
+        pytest.skip("the bundled yolo26n-demo checkpoint is not there")
+    args = ["--weights", "yolo26n-demo", "--data", "demo:train=16,val=24,img=96", "--img", "96", "--batch", "8",
+            "--subset", "8", "--compression", "backbone", "--finetune-epochs", "1", "--finetune-batch", "8",
+            "--no-latency", "--project", str(tmp_path / "runs"), "--json"]  # fmt: skip
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", YOLO_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "pagcp.prune", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert tuple(report["tasks"]) == E2E_TASKS
+    assert sum(u["selected"] and u["channels_after"] < u["channels_before"] for u in report["units"]) >= 3
+    run = Path(report["run_dir"])
+    pruned = pagcp.load_model(run / "pruned.pt")
+    assert pagcp.model_stats(pruned, 96)["gflops"] == pytest.approx(report["gflops_after"], rel=1e-9)
+    assert report["gflops_after"] < report["gflops_before"]
+    for stage in ("before", "after", "finetuned"):
+        assert 0 <= report[f"map50_95_{stage}"] <= 1, stage
+    assert _widths(pagcp.load_model(run / "finetuned.pt")) == _widths(pruned)
