@@ -203,6 +203,37 @@ def _assert_same_decisions(engine: list[dict], naive: list[dict], base: list[flo
 _NAIVE: dict[str, dict] = {}  # the naive search's result per compat mode (it does not depend on the chunk)
 
 
+def test_round_to_keeps_multiples_or_the_full_width():
+    eight = PruneSettings(round_to=8)
+    # 64 wide: what each ratio leaves, rounded up to a multiple of 8 (0.05 leaves 61 -> 64: nothing removed)
+    assert [64 - eight.pruned_count(r, 64) for r in RATIOS] == [64, 64, 56, 56, 48, 48, 48, 40, 40, 32, 32, 32, 24,
+                                                                 24, 16, 16, 16, 8, 8]  # fmt: skip
+    assert [eight.pruned_count(r, 12) for r in (0.05, 0.3, 0.5, 0.95)] == [0, 0, 4, 4]  # 12 wide: 12 or 8
+    assert [eight.pruned_count(r, 6) for r in RATIOS] == [0] * 19  # narrower than 8: never pruned
+    for width in range(1, 200):
+        for r in RATIOS:
+            left = width - eight.pruned_count(r, width)
+            assert left == width or (left % 8 == 0 and left >= width - PruneSettings().pruned_count(r, width))
+    with pytest.raises(ConfigError, match="--round-to"):
+        PruneSettings(round_to=0)
+
+
+def test_engine_decisions_equal_naive_with_round_to(yolo):
+    """--round-to 8: the engine and the independent search count channels alike, and every selected unit
+    ends at a multiple of 8 channels or its full width."""
+    _, graph, problem = yolo
+    units = [u.name for u in graph.units if u.size > 1][::3]
+    settings = PruneSettings(units=units, round_to=8, **SMALL)
+    search = Search(graph, problem.oracle(graph), settings, 64)
+    keep = search.run()
+    truth = problem.naive(graph, settings)
+    _assert_same_decisions(search.state.decisions, truth["decisions"], truth["base"])
+    widths = {d["name"]: (d["channels_after"], graph[d["name"]].size) for d in search.state.decisions}
+    assert all(after == size or after % 8 == 0 for after, size in widths.values()), widths
+    assert any(after < size for after, size in widths.values())
+    assert all(int(keep[u].sum()) in (graph[u].size, *range(8, graph[u].size, 8)) for u in units)
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 4, 7])
 @pytest.mark.parametrize("compat", ["default", "reference"])
 def test_engine_decisions_equal_naive(yolo, compat, chunk):

@@ -95,6 +95,9 @@ def _rule_flags(r: argparse._ArgumentGroup) -> None:
                         "until it is reached (default: one round, as far as the rule allows)")  # fmt: skip
     r.add_argument("--max-rounds", "--max_rounds", dest="max_rounds", type=int, default=8,
                    help="most rounds back to back (without fine-tuning) that --target-gflops may run")  # fmt: skip
+    r.add_argument("--round-to", "--round_to", dest="round_to", type=int, default=1,
+                   help="every unit keeps a multiple of N channels or its full width (8 or 32 suit GPUs and NPUs; "
+                        "default 1: any width)")  # fmt: skip
     r.add_argument("--cycles", type=int, default=1,
                    help="prune -> fine-tune cycles: each searches one round (index --round + cycle) on the "
                         "previous cycle's fine-tuned model; with --target-gflops, at most this many")  # fmt: skip

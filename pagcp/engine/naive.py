@@ -173,15 +173,23 @@ def naive_scores(graph: ChannelGraph, keep: Keep, unit_name: str, criterion: str
     return scores
 
 
-def naive_select(scores: torch.Tensor, keep: torch.Tensor, ratio: float, reference: bool) -> torch.Tensor:
+def naive_select(scores: torch.Tensor, keep: torch.Tensor, ratio: float, reference: bool,
+                 multiple: int = 1) -> torch.Tensor:  # fmt: skip
     """The lowest-scoring floor(ratio × alive) channels removed: the ratio's decimal times the width exactly,
-    or (reference) the float product as numpy computes it; one channel always stays."""
+    or (reference) the float product as numpy computes it; one channel always stays. ``multiple`` > 1: fewer are
+    removed, so that the channels left are the smallest multiple of it at or above what the ratio leaves, and
+    none where that multiple is not below the channels alive."""
     alive = [i for i in range(len(keep)) if keep[i]]
     product = ratio * len(alive) if reference else Fraction(repr(ratio)) * len(alive)
-    n = min(math.floor(product), len(alive) - 1)
+    n = max(min(math.floor(product), len(alive) - 1), 0)
+    if multiple > 1 and n > 0:
+        stay = len(alive) - n
+        while stay % multiple:
+            stay += 1
+        n = len(alive) - stay if stay < len(alive) else 0
     ranked = sorted(alive, key=lambda i: (float(scores[i]), i))
     new = keep.clone()
-    for i in ranked[: max(n, 0)]:
+    for i in ranked[:n]:
         new[i] = False
     return new
 
@@ -211,7 +219,7 @@ def _visit(graph, oracle, rule: _Rule, unit: str, tasks, s: PruneSettings, img_s
     scores = naive_saliency(graph, oracle, keep, unit, s.saliency)
     last, last_losses, last_mask, tripped, at_90 = None, None, None, None, None
     for i, r in enumerate(s.ratios):
-        mask = naive_select(scores, keep[unit], r, s.compat == "reference")
+        mask = naive_select(scores, keep[unit], r, s.compat == "reference", s.round_to)
         losses = oracle.losses(naive_with(keep, unit, mask))
         if i == len(s.ratios) - 2:
             at_90 = (r, mask, losses)
@@ -254,7 +262,7 @@ def _reference_flops(graph, oracle, start: Keep, decisions: list[dict[str, Any]]
     for d in decisions:
         if d["ratio"] > 0:
             scores = naive_saliency(graph, oracle, copy, d["name"], s.saliency)
-            after = naive_with(copy, d["name"], naive_select(scores, copy[d["name"]], d["ratio"], True))
+            after = naive_with(copy, d["name"], naive_select(scores, copy[d["name"]], d["ratio"], True, s.round_to))
             charged[d["name"]] = graph.flops(copy, img_size) - graph.flops(after, img_size)
             copy = after
     return charged
@@ -282,7 +290,7 @@ def _rebuild(graph, oracle, start: Keep, decisions: list[dict[str, Any]], s: Pru
     for d in decisions:
         if d["selected"]:
             scores = naive_saliency(graph, oracle, final, d["name"], s.saliency)
-            final[d["name"]] = naive_select(scores, final[d["name"]], d["ratio"], s.compat == "reference")
+            final[d["name"]] = naive_select(scores, final[d["name"]], d["ratio"], s.compat == "reference", s.round_to)
         d["channels_after"] = int(final[d["name"]].sum())
     return final
 

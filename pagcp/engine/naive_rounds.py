@@ -50,7 +50,7 @@ def naive_fill(graph: ChannelGraph, oracle: NaiveOracle, r: dict[str, Any], targ
         for ratio in s.ratios:  # ascending: fewer FLOPs at each step, so the last that fits is the largest
             if ratio > d["ratio"]:
                 break
-            trial = naive_with(keep, name, naive_select(scores, keep[name], ratio, s.compat == "reference"))
+            trial = naive_with(keep, name, naive_select(scores, keep[name], ratio, s.compat == "reference", s.round_to))
             if graph.flops(trial, img_size) >= target:
                 best = (ratio, trial)
         d["selected"] = best is not None

@@ -84,15 +84,17 @@ def activation_scores(executor, batches, keep: Keep, unit: str, reduce=None) -> 
     return scores
 
 
-def select_keep(scores: torch.Tensor, keep: torch.Tensor, ratio: float, exact: bool = True) -> torch.Tensor:
+def select_keep(scores: torch.Tensor, keep: torch.Tensor, ratio: float, exact: bool = True,
+                round_to: int = 1) -> torch.Tensor:  # fmt: skip
     """Prune floor(ratio × width) of the alive channels with the lowest scores; at least one stays.
 
-    ``exact``: count with the ratio as an exact decimal, else in float64 as the reference (see
-    :func:`pagcp.engine.settings.pruned_count`). Ties go to the lower channel index (a stable sort).
+    ``exact``: count with the ratio as an exact decimal, else in float64 as the reference; ``round_to``: the
+    channels left are a multiple of it, or all of them (see :func:`pagcp.engine.settings.pruned_count`). Ties go
+    to the lower channel index (a stable sort).
     """
     alive = torch.nonzero(keep).flatten()
     width = alive.numel()
-    n = pruned_count(ratio, width, exact)
+    n = pruned_count(ratio, width, exact, round_to)
     new = keep.clone()
     if n <= 0:
         return new

@@ -170,7 +170,7 @@ class Search:
         keep = st.keep
         width = keep.kept(name)
         scores = self._scores(keep, name)
-        masks = [select_keep(scores, keep[name], r, s.exact_counts) for r in s.ratios]
+        masks = [select_keep(scores, keep[name], r, s.exact_counts, s.round_to) for r in s.ratios]
         base = torch.tensor(st.base, dtype=torch.float64)
         bound = base * (1 + st.thres)
         current = torch.tensor(st.current, dtype=torch.float64)
@@ -264,7 +264,7 @@ class Search:
             d.selected = d.name in chosen
             if d.selected:
                 scores = self._scores(keep, d.name)
-                keep[d.name] = select_keep(scores, keep[d.name], d.ratio, s.exact_counts)
+                keep[d.name] = select_keep(scores, keep[d.name], d.ratio, s.exact_counts, s.round_to)
         target = self._target_flops()
         if target is not None and self.graph.flops(keep, self.img_size) < target:
             keep = self._fill_to_target(ranked, target)
@@ -294,7 +294,7 @@ class Search:
             flops[d.name] = 0
             if d.ratio > 0:
                 trial = keep.replace(d.name, select_keep(self._scores(keep, d.name), keep[d.name], d.ratio,
-                                                         s.exact_counts))  # fmt: skip
+                                                         s.exact_counts, s.round_to))  # fmt: skip
                 flops[d.name] = self.graph.flops(keep, self.img_size) - self.graph.flops(trial, self.img_size)
                 keep = trial
         return flops
@@ -325,7 +325,7 @@ class Search:
             scores = self._scores(keep, d.name)
             d.selected, d.target_ratio = False, 0.0
             for r in sorted((r for r in s.ratios if r <= d.ratio), reverse=True):
-                trial = keep.replace(d.name, select_keep(scores, keep[d.name], r, s.exact_counts))
+                trial = keep.replace(d.name, select_keep(scores, keep[d.name], r, s.exact_counts, s.round_to))
                 if self.graph.flops(trial, self.img_size) >= target:
                     keep, d.selected = trial, True
                     d.target_ratio = r if r != d.ratio else None

@@ -44,6 +44,9 @@ class PruneSettings:
     #: None: the target itself); a cycle's waypoint when prune -> fine-tune cycles share a target
     reach_gflops: float | None = None
     max_rounds: int = 8
+    #: every unit keeps a multiple of this many channels, or its full width (GPUs and NPUs run such widths
+    #: fastest); a ratio's count is rounded toward keeping more channels
+    round_to: int = 1
     backbone_layers: int = 10
     units: list[str] | None = field(default=None)  # explicit unit names (Python API); None = by compression
 
@@ -91,6 +94,8 @@ class PruneSettings:
             raise ConfigError(f"reach_gflops {self.reach_gflops}: needs a target_gflops <= it and must be < 1")
         if self.max_rounds < 1:
             raise bad("max_rounds", f"{self.max_rounds} must be >= 1")
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise bad("round_to", f"{self.round_to!r} must be a whole number >= 1 (1: any width; 8 or 32 suit GPUs)")
         for r in range(self.round, self.round + self.rounds_at_most):  # every round this search may run
             self.rate_and_bound(r)
 
@@ -118,8 +123,9 @@ class PruneSettings:
         return d
 
     def pruned_count(self, ratio: float, width: int) -> int:
-        """Channels a ratio removes from ``width`` alive ones, by this mode's rule (:func:`pruned_count`)."""
-        return pruned_count(ratio, width, self.exact_counts)
+        """Channels a ratio removes from ``width`` alive ones, by this mode's rule and ``round_to``
+        (:func:`pruned_count`)."""
+        return pruned_count(ratio, width, self.exact_counts, self.round_to)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PruneSettings:
@@ -131,11 +137,17 @@ class PruneSettings:
         return cls(**d)
 
 
-def pruned_count(ratio: float, width: int, exact: bool = True) -> int:
+def pruned_count(ratio: float, width: int, exact: bool = True, round_to: int = 1) -> int:
     """floor(ratio × width), at most width − 1 (one channel always stays).
 
     ``exact``: the ratio is read as the decimal it prints as (0.3 is 3/10, so 0.3 × 10 = 3 exactly);
     otherwise the product is taken in float64 as the reference does (0.49999999999999994 × 64 → 31).
+    ``round_to`` N > 1: the channels left are rounded up to a multiple of N, and all ``width`` stay (none is
+    removed) where that reaches them; so a unit keeps its full width or a multiple of N, round after round.
     """
     n = int(Decimal(repr(float(ratio))) * width) if exact else int(float(ratio) * width)
-    return max(0, min(n, width - 1))
+    n = max(0, min(n, width - 1))
+    if round_to > 1 and n > 0:
+        left = -(-(width - n) // round_to) * round_to
+        n = max(0, width - left)
+    return n
