@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at", type=float, default=0.55, help="stop after the first epoch with val mAP50-95 >= this")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--out", type=Path, default=None, help=f"output file (default: {WEIGHTS_DIR}/<name>.pt)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="continue an interrupted training from its last.pt (its own arguments; --stop-at may change)",
+    )
     return p
 
 
@@ -48,26 +54,33 @@ def main(argv: list[str] | None = None) -> Path:
 
     def stop_when_good(trainer) -> None:
         fitness = trainer.metrics.get("metrics/mAP50-95(B)", 0.0)
-        if fitness >= args.stop_at:
+        if fitness >= args.stop_at and not reached:  # (its final validation runs the callback once more)
             reached.update(epoch=trainer.epoch + 1, map50_95=fitness, map50=trainer.metrics["metrics/mAP50(B)"])
             trainer.stop = True
 
+    if args.resume:
+        yolo = YOLO(str(args.resume))
     yolo.add_callback("on_fit_epoch_end", stop_when_good)
     with tempfile.TemporaryDirectory() as tmp:
-        yolo.train(data=str(data), epochs=args.epochs, imgsz=args.img, batch=args.batch, workers=1, device="cpu",
-                   plots=False, seed=0, cache="ram", close_mosaic=5, amp=False, project=tmp, name="train",
-                   exist_ok=True)  # fmt: skip
+        if args.resume:
+            yolo.train(resume=True)
+        else:
+            yolo.train(data=str(data), epochs=args.epochs, imgsz=args.img, batch=args.batch, workers=1,
+                       device="cpu", plots=False, seed=0, cache="ram", close_mosaic=5, amp=False, project=tmp,
+                       name="train", exist_ok=True)  # fmt: skip
         model = load_model(yolo.trainer.last)
     if not reached:
         sys.exit(f"{args.cfg}: val mAP50-95 stayed below --stop-at {args.stop_at} after {args.epochs} epochs")
     command = (f"YOLO('{args.cfg}').train(data=<{args.data} data.yaml>, epochs={args.epochs}, imgsz={args.img}, "
                f"batch={args.batch}, workers=1, device='cpu', plots=False, seed=0, cache='ram', close_mosaic=5, "
                f"amp=False), stopped by a callback once val mAP50-95 >= {args.stop_at}")  # fmt: skip
+    if args.resume:
+        command += " (interrupted, then continued from its last.pt with resume=True)"
     out = args.out or WEIGHTS_DIR / f"{args.name}.pt"
     save_ultralytics_file(model, out, task="detect", source="ultralytics", trained_on=f"pagcp {args.data} dataset "
                           f"{Path(data).parent.name} (python -m pagcp.data.demo)", command=command,
                           epochs=reached["epoch"], img_size=args.img, map50=round(reached["map50"], 3),
-                          map50_95=round(reached["map50_95"], 3),
+                          map50_95=round(reached["map50_95"], 3), resumed=bool(args.resume),
                           ultralytics_train_minutes=round((time.time() - start) / 60, 1))  # fmt: skip
     print(f"{out}: {args.cfg} after {reached['epoch']} epochs, val mAP50-95 {reached['map50_95']:.3f}")
     return out

@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         required=True,
-        help="model: bundled checkpoint (yolov5n-demo, yolov8n-demo), config name (yolov5s), model yaml, pagcp, "
-        "YOLOv5 or Ultralytics .pt",
+        help="model: bundled checkpoint (yolov5n-demo, yolov8n-demo, yolo26n-demo), config name (yolov5s), "
+        "model yaml, pagcp, YOLOv5 or Ultralytics .pt",
     )
     p.add_argument("--format", default="onnx", choices=FORMATS, help="export format")
     p.add_argument(

@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _model_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--weights", default="yolov5n-demo",
-                   help="model of any registered family: bundled checkpoint (yolov5n-demo, yolov8n-demo), YOLOv5 "
-                        "config or yaml, Ultralytics model yaml (yolov8n.yaml, yolo11s.yaml), an official YOLOv5 or "
+                   help="model of any registered family: bundled checkpoint (yolov5n-demo, yolov8n-demo, "
+                        "yolo26n-demo), YOLOv5 config or yaml, Ultralytics model yaml (yolov8n.yaml, yolo11s.yaml, "
+                        "yolo26n.yaml), an official YOLOv5 or "
                         "Ultralytics .pt, or a pagcp checkpoint")  # fmt: skip
     g.add_argument("--data", default="demo", help="data yaml, or 'demo'")
     g.add_argument("--img", "--img-size", "--imgsz", dest="img", type=int, default=320, help="image size (px)")

@@ -31,8 +31,8 @@ COCO_JSON_IOU = 0.65
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Validate a detector (YOLOv5, Ultralytics detection) on a YOLO-format dataset.")
     p.add_argument("--weights", default="yolov5n-demo",
-                   help="model: bundled checkpoint (yolov5n-demo, yolov8n-demo), config name, model yaml, pagcp, "
-                        "YOLOv5 or Ultralytics .pt")  # fmt: skip
+                   help="model: bundled checkpoint (yolov5n-demo, yolov8n-demo, yolo26n-demo), config name, "
+                        "model yaml, pagcp, YOLOv5 or Ultralytics .pt")  # fmt: skip
     p.add_argument("--data", default="demo", help="data yaml, or 'demo' (generated on first use)")
     p.add_argument("--img", "--img-size", "--imgsz", dest="img", type=int, default=320,
                    help="image size (px; 640 for COCO-trained models)")  # fmt: skip

@@ -53,7 +53,7 @@ from pagcp.models.ultralytics_io import (
 )
 
 #: bundled Ultralytics checkpoints (in pagcp/models/weights), by name
-BUNDLED = ("yolov8n-demo",)
+BUNDLED = ("yolov8n-demo", "yolo26n-demo")
 #: the task losses of a one-to-many head of reg_max > 1 (YOLOv8, YOLO11), in v8DetectionLoss's order; a model's
 #: own are :func:`pagcp.families.ultralytics_loss.detection_tasks`
 ULTRALYTICS_TASKS = ("box", "cls", "dfl")
