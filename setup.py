@@ -108,7 +108,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pagcp", "pagcp.*"]) + ["pagcp.kernels"],
     package_dir={"pagcp.kernels": "kernels"},
-    package_data={"pagcp": ["models/configs/*.yaml", "models/weights/*.pt", "data/*.yaml"]},
+    package_data={"pagcp": ["models/configs/*.yaml", "models/weights/*.pt", "models/weights/*.pt.xz", "data/*.yaml"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",

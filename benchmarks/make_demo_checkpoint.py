@@ -6,12 +6,14 @@ Ultralytics' own trainer trains the model yaml from scratch on ``--data`` (defau
 at 320 px) for at most ``--epochs`` epochs, on the CPU; a callback stops it after the first epoch whose val
 mAP50-95 reaches ``--stop-at`` (a small, quick checkpoint that still has something to lose). The result is
 written in Ultralytics' format with the command, the data, the epochs trained and the mAP in its ``pagcp``
-entry, so that ``--weights <name>`` finds it and the report says what it is.
+entry, xz-compressed (``<name>.pt.xz``: pagcp unpacks it once, on first use), so that ``--weights <name>`` finds
+it and the report says what it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import lzma
 import os
 import sys
 import tempfile
@@ -22,7 +24,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from pagcp.data import load_data_config  # noqa: E402
 from pagcp.families import load_model  # noqa: E402
-from pagcp.models.checkpoint import WEIGHTS_DIR  # noqa: E402
+from pagcp.models.checkpoint import PACKED, WEIGHTS_DIR  # noqa: E402
 from pagcp.models.ultralytics_io import save_ultralytics_file  # noqa: E402
 
 
@@ -35,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=25, help="at most this many epochs")
     p.add_argument("--stop-at", type=float, default=0.55, help="stop after the first epoch with val mAP50-95 >= this")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--out", type=Path, default=None, help=f"output file (default: {WEIGHTS_DIR}/<name>.pt)")
+    p.add_argument("--out", type=Path, default=None, help=f"output file (default: {WEIGHTS_DIR}/<name>{PACKED})")
     p.add_argument(
         "--resume",
         type=Path,
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> Path:
     from ultralytics import YOLO
 
     data = load_data_config(args.data)["yaml_file"]
-    yolo, start, reached = YOLO(args.cfg), time.time(), {}
+    yolo, start, reached = YOLO(str(args.resume or args.cfg)), time.time(), {}
 
     def stop_when_good(trainer) -> None:
         fitness = trainer.metrics.get("metrics/mAP50-95(B)", 0.0)
@@ -58,8 +60,6 @@ def main(argv: list[str] | None = None) -> Path:
             reached.update(epoch=trainer.epoch + 1, map50_95=fitness, map50=trainer.metrics["metrics/mAP50(B)"])
             trainer.stop = True
 
-    if args.resume:
-        yolo = YOLO(str(args.resume))
     yolo.add_callback("on_fit_epoch_end", stop_when_good)
     with tempfile.TemporaryDirectory() as tmp:
         if args.resume:
@@ -76,12 +76,16 @@ def main(argv: list[str] | None = None) -> Path:
                f"amp=False), stopped by a callback once val mAP50-95 >= {args.stop_at}")  # fmt: skip
     if args.resume:
         command += " (interrupted, then continued from its last.pt with resume=True)"
-    out = args.out or WEIGHTS_DIR / f"{args.name}.pt"
-    save_ultralytics_file(model, out, task="detect", source="ultralytics", trained_on=f"pagcp {args.data} dataset "
+    out = args.out or WEIGHTS_DIR / f"{args.name}{PACKED}"
+    plain = out.with_name(out.name[: -len(".xz")]) if out.name.endswith(".xz") else out
+    save_ultralytics_file(model, plain, task="detect", source="ultralytics", trained_on=f"pagcp {args.data} dataset "
                           f"{Path(data).parent.name} (python -m pagcp.data.demo)", command=command,
                           epochs=reached["epoch"], img_size=args.img, map50=round(reached["map50"], 3),
                           map50_95=round(reached["map50_95"], 3), resumed=bool(args.resume),
                           ultralytics_train_minutes=round((time.time() - start) / 60, 1))  # fmt: skip
+    if plain != out:
+        out.write_bytes(lzma.compress(plain.read_bytes(), preset=9 | lzma.PRESET_EXTREME))
+        plain.unlink()
     print(f"{out}: {args.cfg} after {reached['epoch']} epochs, val mAP50-95 {reached['map50_95']:.3f}")
     return out
 

@@ -269,10 +269,11 @@ print(json.dumps({"widths": widths, "predicted": len(found), "map": float(metric
 """
 
 
-def test_pruned_checkpoint_loads_predicts_validates_exports_without_pagcp(pruned_checkpoint, tiny_data, tmp_path):
-    path, widths = pruned_checkpoint
+def run_without_pagcp(path: Path, data: str, tmp_path: Path, widths: dict[str, tuple[int, ...]]) -> dict:
+    """Load, predict, validate and export ``path`` with Ultralytics alone (a subprocess that never imports pagcp);
+    checks the widths it sees and the ONNX file's output shape; returns what it printed."""
     env = {**os.environ, "YOLO_OFFLINE": "1"}
-    cmd = [sys.executable, "-c", textwrap.dedent(_ALONE), str(path), tiny_data, str(tmp_path / "val")]
+    cmd = [sys.executable, "-c", textwrap.dedent(_ALONE), str(path), data, str(tmp_path / "val")]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -283,19 +284,31 @@ def test_pruned_checkpoint_loads_predicts_validates_exports_without_pagcp(pruned
     session = onnxruntime.InferenceSession(report["onnx"], providers=["CPUExecutionProvider"])
     (output,) = session.run(None, {session.get_inputs()[0].name: torch.rand(1, 3, 64, 64).numpy()})
     assert output.shape == (1, 4 + 6, 84)
+    return report
 
 
-def test_widths_survive_a_training_epoch(pruned_checkpoint, tiny_data, tmp_path):
+def train_an_epoch(path: Path, data: str, tmp_path: Path, widths: dict[str, tuple[int, ...]]):
+    """One epoch of Ultralytics' trainer with pagcp's width-keeping model; checks the widths; returns the YOLO."""
     from ultralytics import YOLO
 
     from pagcp.families.ultralytics_detect import PrunedDetectionTrainer
 
-    path, widths = pruned_checkpoint
     model = YOLO(str(path))
-    model.train(trainer=PrunedDetectionTrainer, data=tiny_data, epochs=1, imgsz=64, batch=8, workers=0, plots=False,
+    model.train(trainer=PrunedDetectionTrainer, data=data, epochs=1, imgsz=64, batch=8, workers=0, plots=False,
                 device="cpu", amp=False, project=str(tmp_path), name="ft", exist_ok=True)  # fmt: skip
     assert _widths(model.model) == widths
     assert _widths(load_ultralytics(model.trainer.best)) == widths
+    return model
+
+
+def test_pruned_checkpoint_loads_predicts_validates_exports_without_pagcp(pruned_checkpoint, tiny_data, tmp_path):
+    path, widths = pruned_checkpoint
+    run_without_pagcp(path, tiny_data, tmp_path, widths)
+
+
+def test_widths_survive_a_training_epoch(pruned_checkpoint, tiny_data, tmp_path):
+    path, widths = pruned_checkpoint
+    train_an_epoch(path, tiny_data, tmp_path, widths)
 
 
 def test_pagcp_validation_matches_ultralytics(tmp_path):

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,14 @@ if importlib.util.find_spec("ultralytics") is None:
     pytest.skip("needs the ultralytics package (pip install ultralytics)", allow_module_level=True)
 
 from test_slicing import assert_sliced_equals_masked, random_keep, randomize_norms  # noqa: E402
-from test_ultralytics import _ALONE, _outputs, _train_files, _widths  # noqa: E402
+from test_ultralytics import _outputs, _train_files, _widths, run_without_pagcp, train_an_epoch  # noqa: E402
 
 import pagcp  # noqa: E402
 from pagcp.data.demo import generate_demo  # noqa: E402
 from pagcp.families import problem_of  # noqa: E402
 from pagcp.families.ultralytics_detect import YoloV5Outputs, load_ultralytics, save_ultralytics  # noqa: E402
 from pagcp.families.ultralytics_loss import loss_hyperparameters, ultralytics_batch  # noqa: E402
-from pagcp.models.checkpoint import WEIGHTS_DIR  # noqa: E402
+from pagcp.models.checkpoint import bundled_file  # noqa: E402
 
 IMG = 96
 E2E_TASKS = ("box", "cls", "l1", "box_o2o", "cls_o2o", "l1_o2o")
@@ -105,39 +104,20 @@ def test_validation_reads_the_one_to_many_branch_either_way():
 
 def test_pruned_yolo26_round_trips_through_ultralytics_without_pagcp(pruned_yolo26, tiny_data, tmp_path):
     path, widths = pruned_yolo26
-    env = {**os.environ, "YOLO_OFFLINE": "1"}
-    cmd = [sys.executable, "-c", textwrap.dedent(_ALONE), str(path), tiny_data, str(tmp_path / "val")]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert not report["pagcp"] and report["predicted"] == 1
-    assert {k: tuple(v) for k, v in report["widths"].items()} == widths
+    run_without_pagcp(path, tiny_data, tmp_path, widths)
     assert any(k.startswith("model.23.one2one_cv2.") for k in widths)  # both branches came through
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(report["onnx"], providers=["CPUExecutionProvider"])
-    (output,) = session.run(None, {session.get_inputs()[0].name: torch.rand(1, 3, 64, 64).numpy()})
-    assert output.shape == (1, 4 + 6, 84)
 
 
 def test_pruned_yolo26_keeps_its_widths_through_e2e_training(pruned_yolo26, tiny_data, tmp_path):
-    from ultralytics import YOLO
-
-    from pagcp.families.ultralytics_detect import PrunedDetectionTrainer
-
     path, widths = pruned_yolo26
-    model = YOLO(str(path))
-    model.train(trainer=PrunedDetectionTrainer, data=tiny_data, epochs=1, imgsz=64, batch=8, workers=0, plots=False,
-                device="cpu", amp=False, project=str(tmp_path), name="ft", exist_ok=True)  # fmt: skip
+    model = train_an_epoch(path, tiny_data, tmp_path, widths)
     assert type(model.trainer.model.init_criterion()).__name__ == "E2ELoss"
-    assert _widths(model.model) == widths
-    assert _widths(load_ultralytics(model.trainer.best)) == widths
 
 
 def test_the_prune_command_on_yolo26n_demo(tmp_path):
     """`python -m pagcp.prune --weights yolo26n-demo --json`: the six tasks guard the search, the report's GFLOPs
     are the saved model's, and box mAP is reported before, after pruning and after fine-tuning."""
-    if not (WEIGHTS_DIR / "yolo26n-demo.pt").is_file():
+    if not bundled_file("yolo26n-demo").is_file():
         pytest.skip("the bundled yolo26n-demo checkpoint is not there")
     args = ["--weights", "yolo26n-demo", "--data", "demo:train=16,val=24,img=96", "--img", "96", "--batch", "8",
             "--subset", "8", "--compression", "backbone", "--finetune-epochs", "1", "--finetune-batch", "8",

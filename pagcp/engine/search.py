@@ -290,13 +290,13 @@ class Search:
         if s.mode.topk_flops == "search":
             return {d.name: d.flops_removed for d in decisions}
         keep, flops = self.state.round_keep.copy(), {}
+        now = self.graph.flops(keep, self.img_size)
         for d in decisions:
             flops[d.name] = 0
             if d.ratio > 0:
-                trial = keep.replace(d.name, select_keep(self._scores(keep, d.name), keep[d.name], d.ratio,
-                                                         s.exact_counts, s.round_to))  # fmt: skip
-                flops[d.name] = self.graph.flops(keep, self.img_size) - self.graph.flops(trial, self.img_size)
-                keep = trial
+                keep = keep.replace(d.name, select_keep(self._scores(keep, d.name), keep[d.name], d.ratio,
+                                                        s.exact_counts, s.round_to))  # fmt: skip
+                flops[d.name], now = now - (after := self.graph.flops(keep, self.img_size)), after
         return flops
 
     def _efficiency_bases(self, decisions: list[UnitDecision]) -> dict[str, float]:

@@ -41,7 +41,7 @@ from pagcp.families.ultralytics_loss import detection_tasks, ultralytics_task_lo
 from pagcp.families.yolo_format import YoloFormatFamily
 from pagcp.graph import HeadReads
 from pagcp.graph.heads import first_conv
-from pagcp.models.checkpoint import WEIGHTS_DIR
+from pagcp.models.checkpoint import bundled_file
 from pagcp.models.ultralytics_io import (
     build_from_yaml,
     model_of_checkpoint,
@@ -221,7 +221,7 @@ class UltralyticsDetectFamily(YoloFormatFamily):
         elif path.exists() or path.suffix in (".pt", ".pth") or os.sep in text:
             model = model_of_checkpoint(read_checkpoint(path), path)
         elif text in BUNDLED:
-            path = WEIGHTS_DIR / f"{text}.pt"
+            path = bundled_file(text)
             model = model_of_checkpoint(read_checkpoint(path), path)
         else:
             raise CheckpointError(

@@ -11,8 +11,10 @@ round-trip (official pruned checkpoints load the same way).
 
 from __future__ import annotations
 
+import lzma
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -30,9 +32,35 @@ VERSION = 1
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
+#: the suffix of a bundled checkpoint shipped xz-compressed (unpacked once, on first use, by :func:`bundled_file`)
+PACKED = ".pt.xz"
+
+
 def bundled_weights() -> list[str]:
     """Names of the checkpoints shipped inside the package (e.g. 'yolov5n-demo')."""
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
+
+
+def bundled_file(name: str) -> Path:
+    """The ``.pt`` file of the bundled checkpoint ``name``: the package's own, or one shipped as ``name.pt.xz`` (to
+    keep the package small) unpacked once into ``$PAGCP_HOME/weights`` (default ``~/.cache/pagcp``), atomically.
+    A name with neither gives the plain path, which does not exist (the loader names it)."""
+    plain, packed = WEIGHTS_DIR / f"{name}.pt", WEIGHTS_DIR / f"{name}{PACKED}"
+    if plain.is_file() or not packed.is_file():
+        return plain
+    home = Path(os.environ.get("PAGCP_HOME") or Path.home() / ".cache" / "pagcp") / "weights"
+    out = home / f"{name}-{packed.stat().st_size}.pt"  # the packed size tells a newer bundle apart
+    if not out.is_file():
+        home.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=home)
+        try:
+            with os.fdopen(fd, "wb") as f, lzma.open(packed) as src:
+                shutil.copyfileobj(src, f)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return out
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
