@@ -134,6 +134,8 @@ setup(
             "ultralytics>=8.4",
             *EXPORT_REQUIRES,
         ],
+        # the quality benchmark's tp-global baseline (benchmarks/bench_quality.py)
+        "bench": ["torch-pruning>=1.6", *EXPORT_REQUIRES],
         "triton": ["triton>=3.6"],
         "ultralytics": ["ultralytics>=8.4"],
     },

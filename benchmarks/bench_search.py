@@ -80,7 +80,7 @@ def main() -> None:
     by_mode = {replays[0]: runs[chunks[0]]}
     by_mode.update({m: engine_run(problem, graph, settings, args.img, chunks[0], m) for m in replays[1:]})
     result = {"weights": args.weights, "img": args.img, "subset": args.subset, "units": len(search.state.order),
-              "engine_seconds": round(engine_s, 2), "engine_evaluations": search.state.evaluations,
+              "engine_seconds": round(engine_s, 3), "engine_evaluations": search.state.evaluations,
               "engine_ms_per_evaluation": round(1000 * engine_s / max(search.state.evaluations, 1), 1),
               "chunk_seconds": {str(search.oracle.chunk if c == 0 else c): round(r[0], 2) for c, r in runs.items()},
               "chunks_same_decisions": all(_decided(r[1]) == _decided(search) for r in runs.values()),
@@ -121,7 +121,7 @@ def naive_comparison(problem, graph, settings, search, keep, engine_s: float) ->
     naive = {d["name"]: d for d in truth["decisions"]}
     same_ratios = all(engine[n]["ratio"] == naive[n]["ratio"] for n in naive)
     same_selected = all(engine[n]["selected"] == naive[n]["selected"] for n in naive)
-    return {"naive_seconds": round(naive_s, 2), "speedup": round(naive_s / engine_s, 2),
+    return {"naive_seconds": round(naive_s, 3), "speedup": round(naive_s / engine_s, 2),
             "naive_evaluations": truth["evaluations"],
             "naive_ms_per_evaluation": round(1000 * naive_s / max(truth["evaluations"], 1), 1),
             "same_decisions": same_ratios and same_selected, "same_ratios": same_ratios,

@@ -1,10 +1,11 @@
-"""Oracle subset size: PAGCP decisions and mAP with 16 ... 128 images against the whole val split.
+"""Oracle subset size: PAGCP decisions and mAP with 16 ... 128 oracle images against 512.
 
-    python benchmarks/bench_subset.py [--levels all,16,32,64,128] [--compression backbone] [--json]  # ~50 min
+    python benchmarks/bench_subset.py [--levels 512,16,32,64,128] [--compression backbone] [--json]
     python benchmarks/bench_subset.py --summarize runs.jsonl   # the table from (partial) results
 
 Each level runs PAGCP with default settings on the demo checkpoint with a seeded oracle subset of that many
-val images (``all``: the whole split) and validates the pruned model (no fine-tuning) on the whole split.
+*train* images (``all``: the whole train split) and validates the pruned model (no fine-tuning) on the whole
+val split: the images that steer the search are never the images it is scored on.
 Every level's result is appended to ``--out`` (JSON lines) as soon as it is done, so an interrupted run
 still gives a table. Agreement with the reference level (``all`` when present, else the largest):
 the fraction of units with the same final ratio (0 where unselected), and the per-unit ratios' mean
@@ -37,7 +38,7 @@ def run_level(level: str, args: argparse.Namespace, cfg: dict) -> dict[str, Any]
     """One PAGCP search with ``level`` oracle images, then validation of the pruned model."""
     model = pagcp.load_model(args.weights)
     img = args.img
-    files = image_files(cfg["val"])
+    files = image_files(cfg["train"])  # the oracle's images; mAP below is on val
     n = None if level == "all" else int(level)
     problem = problem_of(model, files, img, args.batch, n, args.seed, cache_targets=False)
     graph = problem.trace()
@@ -108,7 +109,8 @@ def main() -> None:
     p.add_argument("--data", default="demo")
     p.add_argument("--img", type=int, default=320)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--levels", default="all,16,32,64,128", help="oracle images per run; 'all' = whole split")
+    levels_help = "oracle images (train split) per run; the largest is the reference; all: the whole split"
+    p.add_argument("--levels", default="512,16,32,64,128", help=levels_help)
     p.add_argument(
         "--compression",
         default="backbone",

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import quality_stats
+
 from pagcp.pipeline.report import speed_words
 
 HERE = Path(__file__).resolve().parent
@@ -77,12 +79,9 @@ def _family(weights: str) -> str:
     return family_for_weights(weights).name
 
 
-def _quality_table(q: dict[str, Any], name: str) -> list[str]:
-    if not q.get("runs"):  # a benchmark still running: its rows are not final
-        return []
-    run = q["runs"][-1]
-    st = q["settings"]
-    command = "python benchmarks/bench_quality.py"
+def _legacy_command(q: dict[str, Any], name: str) -> str:
+    """The command of a result file written before seeds and schedules (no ``protocol``), as it was run."""
+    st, command = q["settings"], "python benchmarks/bench_quality.py"
     if name != "quality":  # another model: the flags that differ from the defaults
         targets = sorted({r["target"] for r in q["rows"] if r["target"]}, reverse=True)
         command += f" --weights {st['weights']} --targets {','.join(f'{t:g}' for t in targets)}"
@@ -90,21 +89,78 @@ def _quality_table(q: dict[str, Any], name: str) -> list[str]:
         methods = sorted(used - {"pagcp", "unpruned"})
         command += f" --epochs {st['epochs']} --cycles {st['cycles']} --methods {','.join(methods)}"
         command += f" --out benchmarks/results/{name}.json --plot benchmarks/{name}.png"
-    epochs = f"{st['epochs']} epoch{'' if st['epochs'] == 1 else 's'}"
+    return command
+
+
+def _quality_command(q: dict[str, Any], name: str) -> str:
+    """The command that made the rows of ``q``: bench_quality.py with the flags whose values differ from its
+    defaults (the settings, and what the rows cover: targets, budgets, seeds, methods, the smaller network)."""
+    if "protocol" not in q["settings"]:
+        return _legacy_command(q, name)
+    st, rows = q["settings"], [r for r in q["rows"] if r["method"] != "unpruned"]
+    values = {**{k: st[k] for k in ("weights", "data", "img", "subset", "cycles", "batch", "hyp")},
+              "targets": ",".join(f"{t:g}" for t in sorted({r["target"] for r in rows}, reverse=True)),
+              "epochs": ",".join(str(e) for e in sorted({r["epochs"] for r in rows})),
+              "seeds": ",".join(str(x) for x in sorted({r["seed"] for r in rows}))}  # fmt: skip
+    flags = [f"--{k} {v}" for k, v in values.items() if str(v) != str(quality_stats.DEFAULTS[k])]
+    methods = [m for m in quality_stats.BASELINES if any(quality_stats.method_key(r["method"]) == m for r in rows)]
+    if methods != list(quality_stats.BASELINES):
+        flags.append(f"--methods {','.join(methods)}")
+    flags += _smaller_flags([r for r in rows if r["method"] == "smaller-stock"])
+    flags += [f"--{k} {st[k]}" for k in ("levers", "distill") if k in st]
+    if name != "quality":
+        flags.append(f"--out benchmarks/results/{name}.json --plot benchmarks/{name}.png")
+    return " ".join(["python benchmarks/bench_quality.py", *flags])
+
+
+def _smaller_flags(rows: list[dict[str, Any]]) -> list[str]:
+    """``--smaller`` and the epochs its rows were trained from scratch, when they were any (and not the default)."""
+    if not rows:
+        return []
+    before = {r["scratch_epochs"] - r["epochs"] for r in rows}  # auto: --original-epochs + the budget
+    if len(before) == 1:
+        (n,) = before
+        return ["--smaller"] + ([] if n == quality_stats.DEFAULTS["original_epochs"] else [f"--original-epochs {n}"])
+    return ["--smaller", f"--scratch-epochs {','.join(sorted({str(r['scratch_epochs']) for r in rows}))}"]
+
+
+def _quality_words(q: dict[str, Any]) -> str:
+    """What every row of ``q`` shares, in words (after the command and the date)."""
+    st, rows = q["settings"], q["rows"]
     trainer = f"`--hyp {st['hyp']}`" if _family(st["weights"]) == "yolov5" else "Ultralytics' default hyper-parameters"
-    lines = ["", f"**{st['weights']}: quality at matched GFLOPs and the same fine-tuning** (`{command}`; "
-             f"{run['date']}, {run['machine']}): every method fine-tuned {epochs} on the "
-             f"2,000 demo train images ({trainer}, batch {st['batch']}); PAGCP's oracle on {st['subset']} "
-             "train images, its cycles (one epoch each) counted in its budget; mAP50-95 on the 500 val images.", "",
-             "| target | method | GFLOPs (vs PAGCP) | params | mAP50-95 fine-tuned | mAP50 fine-tuned | PAGCP cycles |",
-             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in q["rows"]:
-        target = "-" if r["target"] is None else f"{r['target']:g}×"
-        vs = "" if r["method"] in ("pagcp", "unpruned") else f" ({r['gflops_vs_pagcp']:.3f})"
-        method = f"**{r['method']}**" if r["method"] == "pagcp" else r["method"]
-        m5095, m50 = r["map50_95_finetuned"], r["map50_finetuned"]
-        lines.append(f"| {target} | {method} | {r['gflops']:.3f}{vs} | {r['params']:,} | {m5095:.4f} | {m50:.4f} | "
-                     f"{r.get('cycles', '')} |")  # fmt: skip
+    train, val = ("the 2,000 demo train images", "the 500 val images") if st["data"] == "demo" else (
+        f"the train split of {st['data']}", "its val split")  # fmt: skip
+    if "protocol" not in st:
+        epochs = f"{st['epochs']} epoch{'' if st['epochs'] == 1 else 's'}"
+        return (f"every method fine-tuned {epochs} on {train} ({trainer}, batch {st['batch']}); PAGCP's oracle on "
+                f"{st['subset']} train images, its cycles (one epoch each) counted in its budget; mAP50-95 on {val}; "
+                "one seed; the baselines pruned in one shot; latency: a PyTorch batch-1 forward pass (these rows "
+                "predate the ONNX Runtime measurement)")  # fmt: skip
+    budgets = sorted({r["epochs"] for r in rows if r.get("epochs")})
+    seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None})
+    scratch = sorted({r["scratch_epochs"] for r in rows if r["method"] == "smaller-stock"})
+    smaller = (f"; `smaller-stock`: the same YOLOv5 config at a width matched to PAGCP's GFLOPs, trained from random "
+               f"weights (`--hyp scratch`) for {', '.join(map(str, scratch))} epochs") if scratch else ""  # fmt: skip
+    return (f"every method fine-tuned for the same budget ({', '.join(map(str, budgets))} epochs) on {train} "
+            f"({trainer}, batch {st['batch']}), seeds {', '.join(map(str, seeds))}; PAGCP's oracle on {st['subset']} "
+            f"train images (checked to hold no val image), its cycles (one epoch each) counted in its budget; "
+            f"baselines in one shot (`oneshot`) and in PAGCP's cycles at its waypoints (`iterative`); mAP50-95 on "
+            f"{val}{smaller}; figures are means over the seeds with their range (min–max); latency: ONNX Runtime "
+            "CPU, batch 1, median / min of runs interleaved with the unpruned model's")  # fmt: skip
+
+
+def _quality_table(q: dict[str, Any], name: str) -> list[str]:
+    if not q.get("runs"):  # a benchmark still running: its rows are not final
+        return []
+    run, st = q["runs"][-1], q["settings"]
+    lines = ["", f"**{st['weights']}: quality at matched GFLOPs and the same fine-tuning** "
+             f"(`{_quality_command(q, name)}`; {run['date']}, {run['machine']}): {_quality_words(q)}.", "",
+             quality_stats.markdown_table(q["rows"]), "",
+             "PAGCP against each baseline's better schedule (mAP50-95 fine-tuned, on the seeds both have): *ahead* "
+             "or *behind* only when the gap of the means exceeds the larger of the two seed ranges, *tie* "
+             "otherwise; no verdict with one seed (*no spread*) or where the GFLOPs differ by more than "
+             f"{quality_stats.MATCH_TOLERANCE:.0%} (*unmatched*).", "",
+             quality_stats.verdict_table(q["rows"])]  # fmt: skip
     if any(r["method"] == "global" for r in q["rows"]):
         lines += [
             "",

@@ -60,10 +60,13 @@ def test_global_ranking_keeps_one_channel_per_unit(graph):
 @pytest.mark.parametrize("fraction", [0.7, 0.5, 0.35])
 def test_matched_flops_within_two_percent(graph, method, fraction):
     target = fraction * graph.flops(None, IMG)
-    _, keep = matched_keep(graph, method, target, IMG, seed=0)
-    # a same-ratio rule moves in steps of int(r * width) channels (16-channel units in yolov5n): 3.5% at 0.35
-    tolerance = 0.035 if method != "global" and fraction < 0.4 else 0.02
-    assert graph.flops(keep, IMG) == pytest.approx(target, rel=tolerance)
+    ratio, keep = matched_keep(graph, method, target, IMG, seed=0)
+    # one ratio for every unit jumps by whole 16-channel steps (3 % at 0.35x); the two-ratio split lands closer
+    assert graph.flops(keep, IMG) == pytest.approx(target, rel=0.005)
+    if method != "global":  # each unit at one of two neighbouring counts; the mean ratio is what it reports
+        units = prunable_units(graph)
+        cut = [1 - int(keep[n].sum()) / graph[n].size for n in units]
+        assert max(cut) - min(cut) < 0.15 and ratio == pytest.approx(sum(cut) / len(cut), abs=0.05)
 
 
 def test_match_flops_bisection_on_a_line():

@@ -163,13 +163,14 @@ def _engine_cycles(model: nn.Module, problem_of, settings: PruneSettings, cycles
     """What PruneRun does per cycle: its settings for the cycle's model, the search, the sliced model, the
     fine-tune; it stops once a pruned model meets the target."""
     run = object.__new__(PruneRun)
-    run.search, run.cycles = settings, cycles
+    run.search, run.cycles, run.original_widths = settings, cycles, None
     run.flops_original = model_stats(model, IMG)["gflops"]
     results = []
     for c in range(cycles):
         cycle_settings = run._cycle_settings(c, model_stats(model, IMG)["gflops"])
         result = problem_of(model).prune(cycle_settings)
         results.append((cycle_settings, result))
+        run._note_widths(c, result)
         model = _finetune(result.model.eval())
         if run._met(result.graph.gflops(result.keep, IMG)):
             break
@@ -272,3 +273,43 @@ def test_rounds_end_when_fewer_than_two_units_are_left():
     assert _stop(engine.stop_rule) == naive["stop"] == "units exhausted"
     assert [d["channels_after"] for d in engine.decisions] == [1, 1]
     assert all(torch.equal(engine.keep[u], naive["keep"][u]) for u in ("c1", "c2"))
+
+
+def test_min_width_floors_count_from_the_first_cycles_widths():
+    """min_width F: a ratio never leaves fewer than ceil(F × original width) channels (at least one), with
+    --round-to still rounding up; later cycles measure F against the first cycle's widths."""
+    half = PruneSettings(min_width=0.45)
+    assert [64 - half.pruned_count(r, 64, half.floor("u", 64)) for r in (0.1, 0.5, 0.8, 0.95)] == [58, 32, 29, 29]
+    assert half.floor("u", 10) == 5 and half.floor("u", 1) == 1 and PruneSettings().floor("u", 64) == 1
+    wide = PruneSettings(min_width=0.45, original_widths={"u": 128})
+    assert wide.floor("u", 64) == 58 and wide.pruned_count(0.5, 64, wide.floor("u", 64)) == 6  # ceil(57.6)
+    eight = PruneSettings(min_width=0.45, round_to=8)
+    assert 64 - eight.pruned_count(0.95, 64, eight.floor("u", 64)) == 32  # floor 29, rounded up to 32
+    with pytest.raises(pagcp.errors.ConfigError, match="--min-width"):
+        PruneSettings(min_width=1.0)
+
+
+@pytest.mark.parametrize(("min_width", "round_to"), [(0.85, 1), (0.6, 8)])
+def test_min_width_cycles_equal_naive(yolo, min_width, round_to):
+    """Two cycles with a floor: both sides stop every unit at its floor from the first cycle's widths (a unit
+    at its floor leaves the round's scope), decide alike in every round and end at the same model."""
+    model, graph, _, problem_of, units = yolo
+    settings = _settings("default", units, target_gflops=0.6, max_rounds=2, min_width=min_width, round_to=round_to)
+    engine, engine_model = _engine_cycles(model, problem_of, settings, 2)
+    naive = naive_cycles(model, problem_of, settings, 2, _finetune)
+    assert len(engine) == len(naive["cycles"]) == 2
+    assert engine[1][0].original_widths == {u.name: u.size for u in graph.units}  # the second cycle's floors
+    for (_, e), n in zip(engine, naive["cycles"]):
+        _assert_same_rounds(e.history, n["history"])
+        _assert_same_keep(e.keep, n["keep"])
+    widths = {u: graph[u].size for u in units}
+    final = {u: int(engine[-1][1].keep[u].sum()) for u in units}
+    floors = {u: max(1, -(-round(100 * min_width) * widths[u] // 100)) for u in units}
+    assert all(final[u] >= floors[u] for u in final), (final, floors)
+    if round_to == 1:
+        assert any(final[u] == floors[u] for u in final), (final, floors)  # the floor binds
+    else:  # the floor binds, rounded up to a multiple of 8 (or the full width)
+        assert all(final[u] in (widths[u], *range(8, widths[u], 8)) for u in final), final
+        assert any(final[u] == -(-floors[u] // 8) * 8 < widths[u] for u in final), (final, floors)
+    engine_params, naive_params = dict(engine_model.named_parameters()), dict(naive["model"].named_parameters())
+    assert all(torch.equal(engine_params[k], naive_params[k]) for k in engine_params)

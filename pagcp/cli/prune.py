@@ -71,7 +71,7 @@ def _model_flags(g: argparse._ArgumentGroup) -> None:
         "--device", default="", help="cpu, 0, cuda:0 (default: the first CUDA device when there is one, else cpu)"
     )
     g.add_argument("--workers", type=int, default=0, help="dataloader workers")
-    g.add_argument("--seed", type=int, default=0, help="seed of the oracle subset")
+    g.add_argument("--seed", type=int, default=0, help="seed of the oracle subset and of every fine-tune's data order")
 
 
 def _rule_flags(r: argparse._ArgumentGroup) -> None:
@@ -99,6 +99,9 @@ def _rule_flags(r: argparse._ArgumentGroup) -> None:
     r.add_argument("--round-to", "--round_to", dest="round_to", type=int, default=1,
                    help="every unit keeps a multiple of N channels or its full width (8 or 32 suit GPUs and NPUs; "
                         "default 1: any width)")  # fmt: skip
+    r.add_argument("--min-width", "--min_width", dest="min_width", type=float, default=0.0,
+                   help="every unit keeps at least this fraction of its original width, in every round and cycle "
+                        "(default 0: down to one channel, the paper's rule)")  # fmt: skip
     r.add_argument("--cycles", type=int, default=1,
                    help="prune -> fine-tune cycles: each searches one round (index --round + cycle) on the "
                         "previous cycle's fine-tuned model; with --target-gflops, at most this many")  # fmt: skip
@@ -124,6 +127,9 @@ def _output_flags(f: argparse._ArgumentGroup) -> None:
                    help="fine-tuning batch size")  # fmt: skip
     hyp_help = "fine-tuning hyp: finetune (short runs), scratch (the paper's long runs) or a yaml"
     f.add_argument("--hyp", default="finetune", help=hyp_help)
+    f.add_argument("--distill", type=float, default=0.0,
+                   help="weight of a distillation loss in every fine-tune, the unpruned model as teacher (about 1 "
+                        "suits the demo; default 0: none)")  # fmt: skip
     f.add_argument("--project", default="runs/prune", help="folder of the run folders")
     f.add_argument("--name", default="exp", help="run folder name (exp, exp2, ... when taken)")
     f.add_argument("--resume", nargs="?", const="latest", default=None,

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted run (its last.pt or folder; default: the latest run)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of weights init, shuffling and augmentation")
+    p.add_argument("--teacher", help="weights of a teacher model for --distill (e.g. the unpruned model)")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="weight of the distillation loss toward --teacher's outputs (default 0: none)")  # fmt: skip
     p.add_argument("--sync-bn", "--sync_bn", dest="sync_bn", action="store_true", help="SyncBatchNorm under DDP")
     p.add_argument("--cache", action="store_true", help="keep decoded images in RAM")
     p.add_argument("--json", action="store_true", help="print the final results as a JSON object (last line)")
@@ -119,6 +122,8 @@ def _prepared(args: argparse.Namespace) -> tuple[Any, str, TrainSettings, dict |
         cache=args.cache,
         weights=args.weights or args.cfg,
         data=args.data,
+        distill=args.distill,
+        teacher=args.teacher,
     )
     seed_everything(settings.seed)  # a model built from a config starts from the same weights everywhere
     if args.weights:

@@ -6,6 +6,10 @@
   score (Torch-Pruning's ``MagnitudePruner`` with ``global_pruning=True`` and its default ``mean``
   normalizer), pruning the lowest first; at least one channel of each unit stays.
 - :func:`match_flops`: the ratio (or channel count) whose FLOPs are closest to a target, by bisection.
+- :func:`matched_keep`: a rule's masks at a FLOPs target. Widths are often multiples of 8 or 16, so one ratio
+  for every unit moves all their counts at once and the FLOPs jump past the target (0.97 of it at 0.35x on
+  yolov5n); the uniform and random rules then take the ratio just above the target in the first k units (in
+  graph order) and the one just below in the rest, k bisected, which lands within a fraction of a percent.
 
 Every rule prunes the units that PAGCP's search may prune (``scope_units``), so all methods share a scope.
 """
@@ -138,12 +142,19 @@ def matched_keep(
     def flops_of(keep: Keep) -> int:
         return graph.flops(keep, img_size)
 
-    if method == "uniform":
-        scores = unit_scores(graph, None, units, "l1")
-        return match_flops(lambda r: uniform_keep(graph, r, units, scores), flops_of, target_flops, 0.0, 0.99)
-    if method == "random":
-        orders = random_orders(graph, units, seed)
-        return match_flops(lambda r: random_keep(graph, r, units, orders=orders), flops_of, target_flops, 0.0, 0.99)
+    if method in ("uniform", "random"):
+        if method == "uniform":
+            scores = unit_scores(graph, None, units, "l1")
+
+            def build(r: float, names: Sequence[str] = units) -> Keep:
+                return uniform_keep(graph, r, names, scores)
+        else:
+            orders = random_orders(graph, units, seed)
+
+            def build(r: float, names: Sequence[str] = units) -> Keep:
+                return random_keep(graph, r, names, orders=orders)
+
+        return _two_step_match(graph, build, units, flops_of, target_flops)
     if method == "global":
         ranking = global_ranking(graph, units)
         return match_flops(
@@ -155,6 +166,33 @@ def matched_keep(
             integer=True,
         )
     raise ValueError(f"unknown baseline {method!r}: uniform, random or global")
+
+
+def _two_step_match(graph: ChannelGraph, build, units: Sequence[str], flops_of, target: float) -> tuple[float, Keep]:
+    """The ratio of one rule for every unit closest to ``target``; where the FLOPs jump past it, the larger of
+    the two ratios around the jump in the first k units and the smaller in the rest (k bisected). Returns (the
+    mean ratio over the units, keep)."""
+    ratio, keep = match_flops(build, flops_of, target, 0.0, 0.99)
+    above, below = ratio, ratio
+    step = 1e-4
+    while flops_of(build(above)) < target and above > 0:  # the bracket: FLOPs >= target at above, < at below
+        above = max(above - step, 0.0)
+    while flops_of(build(below)) >= target and below < 0.99:
+        below = min(below + step, 0.99)
+    low, high = build(above), build(below)
+
+    def mixed(k: float) -> Keep:
+        k = int(k)
+        out = graph.full_keep()
+        for i, name in enumerate(units):
+            out[name] = (high if i < k else low)[name]
+        return out
+
+    k, best = match_flops(mixed, flops_of, target, 0, len(units), integer=True)
+    if abs(flops_of(best) - target) > abs(flops_of(keep) - target):
+        return ratio, keep
+    k = int(k)
+    return (k * below + (len(units) - k) * above) / max(len(units), 1), best
 
 
 __all__ = [

@@ -174,14 +174,14 @@ def naive_scores(graph: ChannelGraph, keep: Keep, unit_name: str, criterion: str
 
 
 def naive_select(scores: torch.Tensor, keep: torch.Tensor, ratio: float, reference: bool,
-                 multiple: int = 1) -> torch.Tensor:  # fmt: skip
+                 multiple: int = 1, least: int = 1) -> torch.Tensor:  # fmt: skip
     """The lowest-scoring floor(ratio × alive) channels removed: the ratio's decimal times the width exactly,
-    or (reference) the float product as numpy computes it; one channel always stays. ``multiple`` > 1: fewer are
-    removed, so that the channels left are the smallest multiple of it at or above what the ratio leaves, and
-    none where that multiple is not below the channels alive."""
+    or (reference) the float product as numpy computes it; ``least`` channels (one at least) always stay.
+    ``multiple`` > 1: fewer are removed, so that the channels left are the smallest multiple of it at or above
+    what the ratio leaves, and none where that multiple is not below the channels alive."""
     alive = [i for i in range(len(keep)) if keep[i]]
     product = ratio * len(alive) if reference else Fraction(repr(ratio)) * len(alive)
-    n = max(min(math.floor(product), len(alive) - 1), 0)
+    n = max(min(math.floor(product), len(alive) - max(least, 1)), 0)
     if multiple > 1 and n > 0:
         stay = len(alive) - n
         while stay % multiple:
@@ -192,6 +192,22 @@ def naive_select(scores: torch.Tensor, keep: torch.Tensor, ratio: float, referen
     for i in ranked[:n]:
         new[i] = False
     return new
+
+
+def naive_least(s: PruneSettings, graph: ChannelGraph, unit: str) -> int:
+    """The channels ``unit`` always keeps: min_width of its original width (the settings' ``original_widths``,
+    else the traced width), rounded up, and one at least."""
+    widths = s.original_widths if s.original_widths is not None else {}
+    original = widths[unit] if unit in widths else graph[unit].size
+    return max(1, math.ceil(Fraction(repr(s.min_width)) * original))
+
+
+def naive_pick(scores: torch.Tensor, keep: Keep, unit: str, ratio: float, s: PruneSettings,
+               graph: ChannelGraph, reference: bool | None = None) -> torch.Tensor:  # fmt: skip
+    """:func:`naive_select` of ``unit`` at ``ratio`` by the settings (their mode unless ``reference`` is given,
+    ``round_to``, the unit's :func:`naive_least`)."""
+    reference = s.compat == "reference" if reference is None else reference
+    return naive_select(scores, keep[unit], ratio, reference, s.round_to, naive_least(s, graph, unit))
 
 
 def naive_with(keep: Keep, unit: str, mask: torch.Tensor) -> Keep:
@@ -219,7 +235,7 @@ def _visit(graph, oracle, rule: _Rule, unit: str, tasks, s: PruneSettings, img_s
     scores = naive_saliency(graph, oracle, keep, unit, s.saliency)
     last, last_losses, last_mask, tripped, at_90 = None, None, None, None, None
     for i, r in enumerate(s.ratios):
-        mask = naive_select(scores, keep[unit], r, s.compat == "reference", s.round_to)
+        mask = naive_pick(scores, keep, unit, r, s, graph)
         losses = oracle.losses(naive_with(keep, unit, mask))
         if i == len(s.ratios) - 2:
             at_90 = (r, mask, losses)
@@ -262,7 +278,7 @@ def _reference_flops(graph, oracle, start: Keep, decisions: list[dict[str, Any]]
     for d in decisions:
         if d["ratio"] > 0:
             scores = naive_saliency(graph, oracle, copy, d["name"], s.saliency)
-            after = naive_with(copy, d["name"], naive_select(scores, copy[d["name"]], d["ratio"], True, s.round_to))
+            after = naive_with(copy, d["name"], naive_pick(scores, copy, d["name"], d["ratio"], s, graph, True))
             charged[d["name"]] = graph.flops(copy, img_size) - graph.flops(after, img_size)
             copy = after
     return charged
@@ -290,7 +306,7 @@ def _rebuild(graph, oracle, start: Keep, decisions: list[dict[str, Any]], s: Pru
     for d in decisions:
         if d["selected"]:
             scores = naive_saliency(graph, oracle, final, d["name"], s.saliency)
-            final[d["name"]] = naive_select(scores, final[d["name"]], d["ratio"], s.compat == "reference", s.round_to)
+            final[d["name"]] = naive_pick(scores, final, d["name"], d["ratio"], s, graph)
         d["channels_after"] = int(final[d["name"]].sum())
     return final
 
@@ -301,7 +317,7 @@ def naive_round(graph, oracle: NaiveOracle, tasks: Sequence[str], s: PruneSettin
     search and topk. Returns ``start``, ``keep`` (the round's final masks), ``decisions`` (search order),
     ``ranked`` (the selected units, most efficient first), ``order``, ``lambda``, ``base`` and ``round``."""
     reference = s.compat == "reference"
-    units = [u for u in naive_scope(graph, s) if int(start[u].sum()) >= 2]
+    units = [u for u in naive_scope(graph, s) if int(start[u].sum()) > naive_least(s, graph, u)]
     rate = s.initial_rate + s.rate_slope * index
     lam = naive_lambda(rate, s.initial_thres + s.thres_slope * index, len(units)) if s.exp else 1.0
     now, sliced = graph.flops(start, img_size), graph.slice(start)
@@ -323,6 +339,6 @@ def naive_round(graph, oracle: NaiveOracle, tasks: Sequence[str], s: PruneSettin
 
 
 __all__ = [
-    "NaiveOracle", "naive_lambda", "naive_round", "naive_saliency", "naive_scope", "naive_scores",
-    "naive_select", "naive_with",
+    "NaiveOracle", "naive_lambda", "naive_least", "naive_pick", "naive_round", "naive_saliency", "naive_scope",
+    "naive_scores", "naive_select", "naive_with",
 ]  # fmt: skip

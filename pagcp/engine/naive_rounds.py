@@ -10,12 +10,21 @@ pipeline: targets and waypoints are held here as absolute FLOPs, never as fracti
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
 
-from pagcp.engine.naive import NaiveOracle, naive_round, naive_saliency, naive_scope, naive_select, naive_with
+from pagcp.engine.naive import (
+    NaiveOracle,
+    naive_least,
+    naive_pick,
+    naive_round,
+    naive_saliency,
+    naive_scope,
+    naive_with,
+)
 from pagcp.engine.oracle import Batch, TaskLoss
 from pagcp.engine.settings import PruneSettings
 from pagcp.graph import ChannelGraph, Keep
@@ -50,7 +59,7 @@ def naive_fill(graph: ChannelGraph, oracle: NaiveOracle, r: dict[str, Any], targ
         for ratio in s.ratios:  # ascending: fewer FLOPs at each step, so the last that fits is the largest
             if ratio > d["ratio"]:
                 break
-            trial = naive_with(keep, name, naive_select(scores, keep[name], ratio, s.compat == "reference", s.round_to))
+            trial = naive_with(keep, name, naive_pick(scores, keep, name, ratio, s, graph))
             if graph.flops(trial, img_size) >= target:
                 best = (ratio, trial)
         d["selected"] = best is not None
@@ -75,7 +84,7 @@ def _stop(graph: ChannelGraph, r: dict[str, Any], target: float | None, waypoint
         return "rounds used"
     if not any(d["selected"] for d in r["decisions"]):
         return "no unit selected"
-    if s.exp and sum(int(r["keep"][u].sum()) >= 2 for u in naive_scope(graph, s)) < 2:
+    if s.exp and sum(int(r["keep"][u].sum()) > naive_least(s, graph, u) for u in naive_scope(graph, s)) < 2:
         return "units exhausted"  # a decaying threshold needs two units to spread the bound over
     return None
 
@@ -128,7 +137,9 @@ def naive_cycles(model: nn.Module, problem_of: Callable[[nn.Module], Any], setti
         problem = problem_of(model)
         graph, img = problem.trace(), problem.img_size
         start = graph.flops(graph.full_keep(), img)
-        original = start if original is None else original
+        if original is None:  # min_width stays a fraction of the first model's widths in every cycle
+            original = start
+            s = dataclasses.replace(settings, original_widths={u.name: u.size for u in graph.units})
         target = waypoint = None
         if s.target_gflops is not None:
             target = s.target_gflops * original

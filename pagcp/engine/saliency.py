@@ -85,8 +85,8 @@ def activation_scores(executor, batches, keep: Keep, unit: str, reduce=None) -> 
 
 
 def select_keep(scores: torch.Tensor, keep: torch.Tensor, ratio: float, exact: bool = True,
-                round_to: int = 1) -> torch.Tensor:  # fmt: skip
-    """Prune floor(ratio × width) of the alive channels with the lowest scores; at least one stays.
+                round_to: int = 1, floor: int = 1) -> torch.Tensor:  # fmt: skip
+    """Prune floor(ratio × width) of the alive channels with the lowest scores; at least ``floor`` (>= 1) stay.
 
     ``exact``: count with the ratio as an exact decimal, else in float64 as the reference; ``round_to``: the
     channels left are a multiple of it, or all of them (see :func:`pagcp.engine.settings.pruned_count`). Ties go
@@ -94,7 +94,7 @@ def select_keep(scores: torch.Tensor, keep: torch.Tensor, ratio: float, exact: b
     """
     alive = torch.nonzero(keep).flatten()
     width = alive.numel()
-    n = pruned_count(ratio, width, exact, round_to)
+    n = pruned_count(ratio, width, exact, round_to, floor)
     new = keep.clone()
     if n <= 0:
         return new

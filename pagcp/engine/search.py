@@ -126,7 +126,7 @@ class Search:
         """λ, the unit order (by the FLOPs a 30 % L1 cut of each removes) and the base losses of a round."""
         st, s = self.state, self.settings
         rate, bound = s.rate_and_bound(st.round)
-        units = [u for u in self.units if keep.kept(u) > 1]
+        units = [u for u in self.units if keep.kept(u) > s.floor(u, self.graph[u].size)]
         st.lam = solve_lambda(rate, bound, len(units)) if s.exp else 1.0
         scores = unit_scores(self.graph, keep, units, "l1", self.backend)
         flops_now = self.graph.flops(keep, self.img_size)
@@ -170,7 +170,7 @@ class Search:
         keep = st.keep
         width = keep.kept(name)
         scores = self._scores(keep, name)
-        masks = [select_keep(scores, keep[name], r, s.exact_counts, s.round_to) for r in s.ratios]
+        masks = [self._select(scores, keep, name, r) for r in s.ratios]
         base = torch.tensor(st.base, dtype=torch.float64)
         bound = base * (1 + st.thres)
         current = torch.tensor(st.current, dtype=torch.float64)
@@ -223,6 +223,12 @@ class Search:
             return self.oracle.activation_scores(keep, name)
         return unit_scores(self.graph, keep, [name], self.settings.saliency, self.backend)[name]
 
+    def _select(self, scores: torch.Tensor, keep: Keep, name: str, ratio: float) -> torch.Tensor:
+        """Unit ``name``'s mask at ``ratio`` under ``keep``: by the mode's count, ``round_to`` and its floor."""
+        s = self.settings
+        floor = s.floor(name, self.graph[name].size)
+        return select_keep(scores, keep[name], ratio, s.exact_counts, s.round_to, floor)
+
     def _first_trip(
         self, losses_at: Callable[[int], torch.Tensor], bound: torch.Tensor
     ) -> tuple[int | None, str | None]:
@@ -264,7 +270,7 @@ class Search:
             d.selected = d.name in chosen
             if d.selected:
                 scores = self._scores(keep, d.name)
-                keep[d.name] = select_keep(scores, keep[d.name], d.ratio, s.exact_counts, s.round_to)
+                keep[d.name] = self._select(scores, keep, d.name, d.ratio)
         target = self._target_flops()
         if target is not None and self.graph.flops(keep, self.img_size) < target:
             keep = self._fill_to_target(ranked, target)
@@ -294,8 +300,7 @@ class Search:
         for d in decisions:
             flops[d.name] = 0
             if d.ratio > 0:
-                keep = keep.replace(d.name, select_keep(self._scores(keep, d.name), keep[d.name], d.ratio,
-                                                        s.exact_counts, s.round_to))  # fmt: skip
+                keep = keep.replace(d.name, self._select(self._scores(keep, d.name), keep, d.name, d.ratio))
                 flops[d.name], now = now - (after := self.graph.flops(keep, self.img_size)), after
         return flops
 
@@ -325,7 +330,7 @@ class Search:
             scores = self._scores(keep, d.name)
             d.selected, d.target_ratio = False, 0.0
             for r in sorted((r for r in s.ratios if r <= d.ratio), reverse=True):
-                trial = keep.replace(d.name, select_keep(scores, keep[d.name], r, s.exact_counts, s.round_to))
+                trial = keep.replace(d.name, self._select(scores, keep, d.name, r))
                 if self.graph.flops(trial, self.img_size) >= target:
                     keep, d.selected = trial, True
                     d.target_ratio = r if r != d.ratio else None
@@ -358,7 +363,7 @@ class Search:
             st.stop_rule = f"target {s.target_gflops:g} x not reached ({why}): {fraction:.4f} x"
             log.info("%s", st.stop_rule)  # a round of a cycle run is not the end: the caller warns at the end
             return False
-        left = sum(keep.kept(u) > 1 for u in self.units)
+        left = sum(keep.kept(u) > s.floor(u, self.graph[u].size) for u in self.units)
         if s.exp and left < 2:  # λ spreads the round's bound over its units: one alone cannot be solved for
             st.stop_rule = (f"target {s.target_gflops:g} x not reached ({left} unit(s) left with channels to prune; "
                             f"a round needs two): {fraction:.4f} x")  # fmt: skip

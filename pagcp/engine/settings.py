@@ -8,6 +8,7 @@ search is executed (candidates per pass, device, replay) is not in it. Its ``com
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -47,6 +48,12 @@ class PruneSettings:
     #: every unit keeps a multiple of this many channels, or its full width (GPUs and NPUs run such widths
     #: fastest); a ratio's count is rounded toward keeping more channels
     round_to: int = 1
+    #: every unit keeps at least this fraction of its original width (0: down to one channel, the paper's rule);
+    #: a floor for deep targets, where rounds back to back would otherwise empty the units the loss barely needs
+    min_width: float = 0.0
+    #: the widths ``min_width`` is a fraction of, by unit name (prune -> fine-tune cycles pass the first cycle's;
+    #: None, or a unit not named: the searched model's own width)
+    original_widths: dict[str, int] | None = field(default=None)
     backbone_layers: int = 10
     units: list[str] | None = field(default=None)  # explicit unit names (Python API); None = by compression
 
@@ -96,6 +103,9 @@ class PruneSettings:
             raise bad("max_rounds", f"{self.max_rounds} must be >= 1")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise bad("round_to", f"{self.round_to!r} must be a whole number >= 1 (1: any width; 8 or 32 suit GPUs)")
+        if not 0 <= self.min_width < 1:
+            raise bad("min_width", f"{self.min_width} must be in [0, 1): the fraction of a unit's original width it "
+                      "always keeps (0: the paper's rule, down to one channel)")  # fmt: skip
         for r in range(self.round, self.round + self.rounds_at_most):  # every round this search may run
             self.rate_and_bound(r)
 
@@ -122,10 +132,16 @@ class PruneSettings:
         d["ratios"] = list(self.ratios)
         return d
 
-    def pruned_count(self, ratio: float, width: int) -> int:
-        """Channels a ratio removes from ``width`` alive ones, by this mode's rule and ``round_to``
-        (:func:`pruned_count`)."""
-        return pruned_count(ratio, width, self.exact_counts, self.round_to)
+    def pruned_count(self, ratio: float, width: int, floor: int = 1) -> int:
+        """Channels a ratio removes from ``width`` alive ones, by this mode's rule, ``round_to`` and a unit's
+        ``floor`` (:func:`pruned_count`)."""
+        return pruned_count(ratio, width, self.exact_counts, self.round_to, floor)
+
+    def floor(self, unit: str, width: int) -> int:
+        """The fewest channels unit ``unit`` (``width`` channels in the searched model) may keep: ceil(min_width ×
+        its original width), at least one."""
+        original = (self.original_widths or {}).get(unit, width)
+        return max(1, math.ceil(Decimal(repr(float(self.min_width))) * original))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PruneSettings:
@@ -137,8 +153,8 @@ class PruneSettings:
         return cls(**d)
 
 
-def pruned_count(ratio: float, width: int, exact: bool = True, round_to: int = 1) -> int:
-    """floor(ratio × width), at most width − 1 (one channel always stays).
+def pruned_count(ratio: float, width: int, exact: bool = True, round_to: int = 1, floor: int = 1) -> int:
+    """floor(ratio × width), at most width − ``floor`` (one channel always stays; ``floor`` > 1: that many).
 
     ``exact``: the ratio is read as the decimal it prints as (0.3 is 3/10, so 0.3 × 10 = 3 exactly);
     otherwise the product is taken in float64 as the reference does (0.49999999999999994 × 64 → 31).
@@ -146,7 +162,7 @@ def pruned_count(ratio: float, width: int, exact: bool = True, round_to: int = 1
     removed) where that reaches them; so a unit keeps its full width or a multiple of N, round after round.
     """
     n = int(Decimal(repr(float(ratio))) * width) if exact else int(float(ratio) * width)
-    n = max(0, min(n, width - 1))
+    n = max(0, min(n, width - max(floor, 1)))
     if round_to > 1 and n > 0:
         left = -(-(width - n) // round_to) * round_to
         n = max(0, width - left)

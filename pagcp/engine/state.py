@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pagcp.engine.settings import EXECUTION_KEYS
+from pagcp.engine.settings import EXECUTION_KEYS, PruneSettings
 from pagcp.errors import PagcpError
 from pagcp.graph import Keep, KeepLayout
 from pagcp.runs import write_json_atomic
+
+#: what a state file written before a setting existed holds for it: the setting's default, which it ran with
+ADDED_SINCE = {f.name: f.default for f in dataclasses.fields(PruneSettings) if f.name in ("round_to", "min_width")}
+ADDED_SINCE["original_widths"] = None
 
 STATE_VERSION = 1
 _KEEPS = ("round_keep", "keep")
@@ -92,7 +96,7 @@ class SearchState:
         if data.get("version") != STATE_VERSION:
             raise PagcpError(f"{path}: state version {data.get('version')} is not {STATE_VERSION}")
         saved = {k: v for k, v in data["settings"].items() if k not in EXECUTION_KEYS}  # older files hold them
-        saved = {**dict.fromkeys(settings), **saved}  # a setting added since: None when saved
+        saved = {**dict.fromkeys(settings), **ADDED_SINCE, **saved}  # a setting added since: its default
         if saved != settings:
             diff = sorted(k for k in saved if saved[k] != settings.get(k))
             raise PagcpError(

@@ -45,6 +45,11 @@ class FinetuneJob:
     device: str
     workers: int
     what: str = "the fine-tune"
+    #: the weight of the distillation loss (0: none) and the teacher's weights spec (the unpruned model)
+    distill: float = 0.0
+    teacher: str | None = None
+    #: the seed of the fine-tune's data order and augmentation
+    seed: int = 0
 
 
 class Family:
@@ -63,6 +68,9 @@ class Family:
     tasks: ClassVar[tuple[str, ...]] = ()
     metrics: ClassVar[tuple[str, ...]] = ()
     primary_metric: ClassVar[str] = ""
+
+    #: whether the family's fine-tune takes a distillation loss toward the unpruned model (``--distill``)
+    distills: bool = False
 
     def __repr__(self) -> str:
         return f"<{self.title or type(self).__name__} family {self.name!r}>"

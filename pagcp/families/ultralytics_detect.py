@@ -15,7 +15,8 @@ the ``ultralytics`` package is imported when used.
 - Tasks: the components of Ultralytics' own training loss, per branch of an end-to-end head
   (:mod:`pagcp.families.ultralytics_loss`), on Detect's raw training-mode output dict.
 - Checkpoints are Ultralytics' own (``YOLO("pruned.pt")`` loads them without pagcp, with their widths);
-  fine-tuning is Ultralytics' trainer with the network kept as it is (:data:`PrunedDetectionTrainer`); export is
+  fine-tuning is Ultralytics' trainer with the network kept as it is and an interrupted run continued exactly
+  (:data:`PrunedDetectionTrainer`; under torchrun the main process fine-tunes while the others wait); export is
   Ultralytics' ONNX export; box mAP is pagcp's validation of the predictions presented YOLOv5-style: those of
   the one-to-many branch with NMS, as Ultralytics validates and exports by default (``nms=None``).
 """
@@ -38,6 +39,7 @@ from pagcp.engine.oracle import TaskLoss
 from pagcp.errors import CheckpointError, ConfigError
 from pagcp.families.base import FinetuneJob
 from pagcp.families.ultralytics_loss import detection_tasks, ultralytics_task_loss
+from pagcp.families.ultralytics_resume import resumable_trainer
 from pagcp.families.yolo_format import YoloFormatFamily
 from pagcp.graph import HeadReads
 from pagcp.graph.heads import first_conv
@@ -188,7 +190,11 @@ def _trainer_class() -> type:
     require_ultralytics()
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    return pruned_trainer(DetectionTrainer, _prepare_for_training)
+    trainer = resumable_trainer(pruned_trainer(DetectionTrainer, _prepare_for_training))
+    # importable by this name (a fine-tune's child process, Ultralytics' DDP workers): see __getattr__ below
+    trainer.__module__ = __name__
+    trainer.__name__ = trainer.__qualname__ = "PrunedDetectionTrainer"
+    return trainer
 
 
 class UltralyticsDetectFamily(YoloFormatFamily):
@@ -198,6 +204,7 @@ class UltralyticsDetectFamily(YoloFormatFamily):
     title = "Ultralytics detection"
     checkpoint_format = "Ultralytics checkpoint (YOLO('pruned.pt') loads it without pagcp)"
     tasks = ULTRALYTICS_TASKS
+    distills = True
 
     def bundled(self) -> list[str]:
         return list(BUNDLED)
@@ -271,32 +278,18 @@ class UltralyticsDetectFamily(YoloFormatFamily):
     def task_loss(self, model: nn.Module, img_size: int) -> TaskLoss:
         return ultralytics_task_loss(model)
 
-    def check_run(self, world: int) -> None:
-        """One process: Ultralytics' trainer cannot join the search's torchrun launch."""
-        if world > 1:
-            raise ConfigError("--weights: Ultralytics models are pruned by one process (not torchrun)")
-
     def for_validation(self, model: nn.Module) -> nn.Module:
         return YoloV5Outputs(model)
 
     def finetune(self, model: nn.Module, job: FinetuneJob) -> nn.Module:
-        """``job.epochs`` with Ultralytics' trainer (pruned widths kept) into ``job.folder``/finetune; an
-        interrupted Ultralytics fine-tune starts again from ``job.source`` (its own resume rebuilds the network)."""
-        from ultralytics import YOLO
+        """``job.epochs`` with Ultralytics' trainer (pruned widths kept) into ``job.folder``/finetune, continued
+        exactly from its ``last.pt`` when a run was interrupted; under torchrun the main process fine-tunes (in a
+        child process, on its device) while the others wait (:mod:`pagcp.families.ultralytics_train`)."""
+        from pagcp.families.ultralytics_train import finetune_last
 
-        cuda = torch.cuda.is_available()
-        yolo = YOLO(str(job.source))
-        device = "cpu" if str(job.device) in ("", "cpu") and not cuda else job.device or 0
-        logging.getLogger("pagcp.prune").info(
-            "%s with Ultralytics' trainer: its model summary counts GFLOPs at 640 px, pagcp's report at --img %d "
-            "(%.1fx fewer pixels); its labels cache (*.cache) is written beside the dataset's labels, as whenever "
-            "Ultralytics trains on them", job.what, job.img, (640 / job.img) ** 2,
-        )  # fmt: skip
-        # an absolute project: Ultralytics puts a relative one under its own runs/detect/
-        yolo.train(trainer=pruned_detection_trainer(), data=_data_yaml(job.data), epochs=job.epochs, imgsz=job.img,
-                   batch=job.batch, workers=job.workers, device=device, plots=False, seed=0, deterministic=True,
-                   project=str(job.folder.resolve()), name="finetune", exist_ok=True, amp=cuda)  # fmt: skip
-        return self.load(yolo.trainer.last, device=next(model.parameters()).device)
+        device = next(model.parameters()).device
+        last = finetune_last(job, pruned_detection_trainer(), _data_yaml(job.data), device)
+        return self.load(last, device=device)
 
     def export_onnx(self, model: nn.Module, path: Path, img: int, **options: Any) -> Path:
         """Ultralytics' own ONNX export of the model (the file Ultralytics users deploy); ``options`` go to

@@ -83,6 +83,8 @@ class YoloV5Family(YoloFormatFamily):
     def recognises_model(self, model: nn.Module) -> bool:
         return isinstance(model, Model)
 
+    distills = True
+
     def load(self, spec: str | Path, nc: int | None = None, device: str | torch.device = "cpu") -> Model:
         """A bundled config ('yolov5s', 'yolov5m-v5') or checkpoint ('yolov5n-demo') name, a model yaml, an
         official YOLOv5 ``.pt`` (v5.0 to v7.0) or a pagcp checkpoint; ``nc`` sets a config's class count."""
@@ -139,10 +141,12 @@ class YoloV5Family(YoloFormatFamily):
 
     # -- fine-tuning, training, export -------------------------------------------------------------
     def train(self, model: nn.Module, data: str, settings: Any, resume_state: dict | None = None) -> dict[str, Any]:
-        """pagcp's training loop (:func:`pagcp.training.loop.train`) at this model's stride."""
+        """pagcp's training loop (:func:`pagcp.training.loop.train`) at this model's stride; with
+        ``settings.distill`` > 0, the model ``settings.teacher`` names is the teacher."""
         from pagcp.training.loop import train
 
-        return train(model, data, settings, resume_state=resume_state, stride=self.stride(model))
+        teacher = self.load(settings.teacher) if settings.distill > 0 and settings.teacher else None
+        return train(model, data, settings, resume_state=resume_state, stride=self.stride(model), teacher=teacher)
 
     def finetune(self, model: nn.Module, job: FinetuneJob) -> nn.Module:
         """``job.epochs`` of pagcp's training loop into ``job.folder``/finetune, continued from its ``last.pt``
@@ -162,7 +166,8 @@ class YoloV5Family(YoloFormatFamily):
             return self.load(last, device=next(model.parameters()).device)
         s = TrainSettings(epochs=job.epochs, img_size=job.img, batch_size=job.batch, device=job.device, hyp=job.hyp,
                           workers=job.workers, project=str(job.folder), name="finetune", exist_ok=True,
-                          weights=str(job.source), data=str(job.data))  # fmt: skip
+                          weights=str(job.source), data=str(job.data), distill=job.distill,
+                          teacher=job.teacher, seed=job.seed)  # fmt: skip
         return self.train(model.train(), job.data, s)["model"].float().eval()
 
     def commands(self, weights: str, data: str, img: int) -> list[str]:

@@ -92,6 +92,8 @@ class PruneRun:
         self.validate = ValidationCache(run_dir / "validation.json", job, settings)
         self.flops_original = 0.0
         self.last_cycle = 0
+        #: the first cycle's unit widths, which --min-width is a fraction of in every later cycle
+        self.original_widths: dict[str, int] | None = None
         self.meta_base = {"source": settings.weights, "img_size": job.img, "pagcp": self.search.to_dict()}
 
     def cycle_dir(self, c: int) -> Path:
@@ -108,6 +110,7 @@ class PruneRun:
             barrier()  # every process decides from the same files which steps are done
             result, pruned = self._search(c, model)
             results.append(result)
+            self._note_widths(c, result)
             after = self.validate(pruned, "pruned" if self.cycles == 1 else f"cycle {c + 1} pruned")
             epochs = ft.epochs if self.cycles == 1 else ft.cycle_epochs
             model = self._finetune(pruned, self.cycle_dir(c), epochs, c)
@@ -161,11 +164,18 @@ class PruneRun:
         s = self.search
         if self.cycles == 1:
             return s
+        if c > 0 and self.original_widths is not None:
+            s = dataclasses.replace(s, original_widths=self.original_widths)
         if s.target_gflops is None:
             return dataclasses.replace(s, round=s.round + c, max_rounds=1)
         target = min(s.target_gflops * self.flops_original / model_gflops, 0.999999)
         reach = max(target, min(target ** (1 / (self.cycles - c)), 0.999999))
         return dataclasses.replace(s, round=s.round + c, target_gflops=target, reach_gflops=reach)
+
+    def _note_widths(self, c: int, result: Any) -> None:
+        """After the first cycle's search: its units' widths, which --min-width measures every later cycle by."""
+        if c == 0 and self.search.min_width > 0:
+            self.original_widths = {u.name: u.size for u in result.graph.units}
 
     def _met(self, gflops: float) -> bool:
         """Whether a model of ``gflops`` meets --target-gflops (within the engine's tolerance, from above)."""
@@ -237,7 +247,9 @@ class PruneRun:
         s, ft = self.settings, self.settings.finetune
         job = FinetuneJob(folder=folder, epochs=epochs, source=source, data=s.oracle.data, img=self.job.img,
                           batch=ft.batch, hyp=ft.hyp, device=s.execution.device, workers=s.execution.workers,
-                          what="the final fine-tune" if c is None else f"cycle {c + 1}'s fine-tune")  # fmt: skip
+                          what="the final fine-tune" if c is None else f"cycle {c + 1}'s fine-tune",
+                          distill=ft.distill, teacher=s.weights if ft.distill > 0 else None,
+                          seed=s.oracle.seed)  # fmt: skip
         tuned = self.family.finetune(model, job)
         if is_main_process():
             self.family.save(tuned, done, **self._meta(tuned))

@@ -68,6 +68,17 @@ def prune_run(settings: RunSettings | None = None, resume: str | Path | None = N
             dist.destroy_process_group()
 
 
+def _check_distill(settings: RunSettings, family) -> None:
+    """--distill needs a trained teacher (the run's --weights) and a family whose trainer distils."""
+    if settings.finetune.distill <= 0:
+        return
+    if not family.distills:
+        raise ConfigError(f"--distill: {family.title} fine-tuning does not distil yet; drop --distill")
+    if family.is_config(settings.weights):
+        raise ConfigError(f"--distill: --weights {settings.weights} is a model config with untrained weights; the "
+                          "teacher is the unpruned --weights, so give a trained checkpoint")  # fmt: skip
+
+
 def load_job(settings: RunSettings) -> Job:
     """The model, its family and the oracle's items, checked; every error here comes before any run folder."""
     _, world, local_rank = distributed_env()
@@ -75,6 +86,7 @@ def load_job(settings: RunSettings) -> Job:
     resolve_mode(settings.execution.suffix_replay, device)
     family = family_for_weights(settings.weights)
     family.check_run(world)
+    _check_distill(settings, family)
     o = settings.oracle
     cfg = family.data_config(o.data)
     torch.manual_seed(o.seed)  # a config name gets random weights: the same ones on every (resumed) run

@@ -53,6 +53,8 @@ class FinetuneSettings:
     cycle_epochs: int = 1
     batch: int = 16
     hyp: str = "finetune"
+    #: weight of the distillation loss in every fine-tune, the unpruned model (--weights) as teacher; 0: none
+    distill: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,11 @@ FLAT: dict[str, tuple[str, str]] = {
     "oracle_dtype": ("oracle", "dtype"),
     "finetune_epochs": ("finetune", "epochs"), "cycles": ("finetune", "cycles"),
     "cycle_epochs": ("finetune", "cycle_epochs"), "finetune_batch": ("finetune", "batch"), "hyp": ("finetune", "hyp"),
+    "distill": ("finetune", "distill"),
     "device": ("execution", "device"), "chunk": ("execution", "chunk"), "suffix_replay": ("execution", "suffix_replay"),
     "workers": ("execution", "workers"), "latency": ("execution", "latency"), "json": ("execution", "json"),
     **{f.name: ("search", f.name) for f in dataclasses.fields(PruneSettings)
-       if f.name not in ("ratios", "units", "backbone_layers", "reach_gflops")},
+       if f.name not in ("ratios", "units", "backbone_layers", "reach_gflops", "original_widths")},
 }  # fmt: skip
 _SECTIONS = {"oracle": OracleSettings, "finetune": FinetuneSettings, "execution": ExecutionSettings}
 
@@ -168,6 +171,8 @@ def check(s: RunSettings) -> None:
     for value, section, name, low in lows:
         if not isinstance(value, int) or value < low:
             raise ConfigError(f"{flag(section, name)} {value}: must be an integer >= {low}")
+    if not (isinstance(f.distill, (int, float)) and f.distill >= 0):
+        raise ConfigError(f"--distill {f.distill}: the weight of the distillation loss must be >= 0 (0: none)")
     if o.subset not in ("auto", "all") and not (isinstance(o.subset, int) and o.subset >= 1):
         raise ConfigError(f"--subset {o.subset}: a number of images >= 1, 'all' or 'auto'")
     if o.split is not None and o.split not in ORACLE_SPLITS:

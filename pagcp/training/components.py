@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pagcp.detection.loss import ComputeLoss
+from pagcp.training.distill import Distiller
 from pagcp.training.ema import ModelEMA, unwrap
 from pagcp.training.optim import build_optimizer
 from pagcp.training.settings import TrainSettings
@@ -30,6 +31,7 @@ class TrainComponents:
     ema: ModelEMA
     compute_loss: ComputeLoss
     amp: bool  # mixed precision (CUDA only)
+    distiller: Distiller | None = None  # the teacher's loss (--distill), else None
 
 
 def _wrap_ddp(model: nn.Module, s: TrainSettings, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -44,9 +46,10 @@ def _wrap_ddp(model: nn.Module, s: TrainSettings, device: torch.device) -> tuple
 
 
 def build_components(
-    model: nn.Module, hyp: dict, s: TrainSettings, device: torch.device, world: int
+    model: nn.Module, hyp: dict, s: TrainSettings, device: torch.device, world: int, teacher: nn.Module | None = None
 ) -> TrainComponents:
-    """Move ``model`` to ``device`` in train mode with every parameter trainable and build what trains it."""
+    """Move ``model`` to ``device`` in train mode with every parameter trainable and build what trains it
+    (with ``s.distill`` > 0, the distillation toward ``teacher`` too)."""
     model = unwrap(model).to(device).train()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -56,4 +59,5 @@ def build_components(
     compute_loss = ComputeLoss(model, hyp, s.img_size)
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    return TrainComponents(model, train_model, optimizer, scaler, ema, compute_loss, amp)
+    distiller = Distiller(teacher, s.distill, device) if teacher is not None and s.distill > 0 else None
+    return TrainComponents(model, train_model, optimizer, scaler, ema, compute_loss, amp, distiller)

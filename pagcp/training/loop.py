@@ -34,7 +34,7 @@ from tqdm import tqdm
 from pagcp.data import load_data_config
 from pagcp.detection.evaluate import evaluate
 from pagcp.devices import distributed_env, init_distributed, select_device
-from pagcp.errors import CheckpointError
+from pagcp.errors import CheckpointError, ConfigError
 from pagcp.hyps import load_hyp
 from pagcp.training.components import TrainComponents, build_components
 from pagcp.training.ema import unwrap
@@ -100,13 +100,15 @@ def train(
     on_epoch_end: EpochCallback | None = None,
     *,
     stride: int,
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``data`` (a data yaml, ``"demo"`` or a config dict) and return the final results.
 
     ``stride`` is the multiple the model's image sizes must be (its family's ``stride(model)``; the YOLOv5
     family's ``train`` passes it).
     ``settings.save_dir`` (and ``settings.data`` when unset) are filled in. ``resume_state`` is the training
-    state from ``read_train_state`` (``model`` must then be its model).
+    state from ``read_train_state`` (``model`` must then be its model). ``teacher``: the model that
+    ``settings.distill`` > 0 distils from (the caller loads ``settings.teacher``; pagcp.training.distill).
     ``on_epoch_end(epoch, results)`` runs on every process after each epoch; returning True stops the run
     there (the checkpoints of that epoch are written, ``last.pt`` keeps its training state).
     Returns epochs, best_fitness, map50, map50_95, precision, recall (last epoch), seconds, save_dir, last,
@@ -117,13 +119,16 @@ def train(
     device = select_device(settings.device, local_rank, world)
     own_group = init_distributed(device)
     try:
-        return _run(model, data, settings, resume_state, on_epoch_end, rank, world, device, start_time, stride)
+        if settings.distill > 0 and teacher is None:
+            raise ConfigError(f"--distill {settings.distill}: no teacher model was given (--teacher)")
+        return _run(model, data, settings, resume_state, on_epoch_end, rank, world, device, start_time, stride,
+                    teacher)  # fmt: skip
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run(model, data, s: TrainSettings, resume_state, on_epoch_end, rank, world, device, start_time, stride):
+def _run(model, data, s: TrainSettings, resume_state, on_epoch_end, rank, world, device, start_time, stride, teacher):
     main = rank == 0
     cfg = load_data_config(data)
     hyp = load_hyp(s.hyp)
@@ -132,7 +137,7 @@ def _run(model, data, s: TrainSettings, resume_state, on_epoch_end, rank, world,
     unwrap(model).names = list(cfg["names"])
     save_dir = open_run_dir(s, hyp, world, resuming=resume_state is not None, main=main)
     loaders = build_loaders(cfg, s, hyp, stride, rank, world)
-    parts = build_components(model, hyp, s, device, world)
+    parts = build_components(model, hyp, s, device, world, teacher)
     start_epoch, best_fitness = 0, -1.0
     if resume_state is not None:
         start_epoch, best_fitness = restore_train_state(resume_state, parts.optimizer, parts.ema, parts.scaler, device)
@@ -223,6 +228,8 @@ def _forward_backward(run: _Run, imgs: torch.Tensor, targets: torch.Tensor) -> t
     with torch.autocast(run.device.type, enabled=parts.amp):
         preds = parts.train_model(imgs)
         loss, items = parts.compute_loss(preds, targets.to(run.device))
+        if parts.distiller is not None:
+            loss = loss + parts.distiller.loss(imgs, preds)
     if run.world > 1:
         loss = loss * run.world  # DDP averages gradients over processes; the loss is a per-batch sum
     parts.scaler.scale(loss).backward()

@@ -31,6 +31,9 @@ class TrainSettings:
     ema_decay: float = 0.9999
     weights: str | None = None  # provenance only: what the model was loaded from
     data: str | None = None  # data spec as given ("demo", a yaml path)
+    #: weight of the distillation loss (pagcp.training.distill; 0: none) and the teacher's weights spec
+    distill: float = 0.0
+    teacher: str | None = None
 
 
 def check_settings(cfg: dict, s: TrainSettings, world: int, stride: int) -> None:
@@ -43,5 +46,7 @@ def check_settings(cfg: dict, s: TrainSettings, world: int, stride: int) -> None
         raise ConfigError(f"--epochs {s.epochs}: must be at least 1")
     if s.batch_size < 1 or s.batch_size % world:
         raise ConfigError(f"--batch {s.batch_size}: must be a positive multiple of the process count {world}")
+    if s.distill < 0 or (s.distill > 0 and not s.teacher):
+        raise ConfigError(f"--distill {s.distill}: needs a weight >= 0 and, when > 0, a teacher (--teacher)")
     if not cfg.get("train"):
         raise ConfigError(f"--data {s.data}: no 'train' split")
