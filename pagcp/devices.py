@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from typing import Any
 
 import torch
@@ -61,10 +64,27 @@ def init_distributed(device: torch.device) -> bool:
     """
     if distributed_env()[1] == 1 or dist.is_initialized():
         return False
+    die_with_launcher()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return True
+
+
+def die_with_launcher() -> None:
+    """Have Linux kill this process when its parent (torchrun's agent) dies. torchrun starts every worker in a
+    session of its own, so a launcher killed outright (SIGKILL, an OOM kill) would otherwise leave its workers
+    running the run on, beside whatever ``--resume`` starts next in the same folder. Nothing elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher died before the request: follow it now
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def is_main_process() -> bool:

@@ -1,9 +1,10 @@
 """Helpers for tests that launch prune commands in processes of their own: a rendezvous port nothing else holds,
-the small yolov8n-demo run the Ultralytics process tests share."""
+the small yolov8n-demo run the Ultralytics process tests share, and a launch's processes (to see them end)."""
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -18,3 +19,29 @@ def yolov8n_demo_args(finetune_epochs: int) -> list[str]:
     return ["--weights", "yolov8n-demo", "--data", "demo:train=16,val=24,img=96", "--img", "64", "--batch", "4",
             "--subset", "8", "--compression", "backbone", "--finetune-epochs", str(finetune_epochs),
             "--finetune-batch", "8", "--no-latency", "--device", "cpu", "--json"]  # fmt: skip
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living process below ``pid`` (read from /proc: parents of all processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (neither gone nor a zombie waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")

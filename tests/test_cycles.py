@@ -161,17 +161,16 @@ def test_cycles_share_a_target_by_waypoints():
     """Cycle c of N is sent to g·(F/g)^(1/(N−c)) of the original (g: its start), never below F, so the last one
     ends at F and none carries what the others left; fractions reach the engine relative to the cycle's model."""
     from pagcp.engine.settings import PruneSettings
-    from pagcp.pipeline.cycles import PruneRun
+    from pagcp.pipeline.cycles import cycle_settings, target_met
 
-    run = object.__new__(PruneRun)
-    run.search, run.cycles, run.flops_original = PruneSettings(target_gflops=0.35), 3, 2.0
+    shared = PruneSettings(target_gflops=0.35)
     starts = [1.0, 0.72, 0.49]  # where each cycle starts, as fractions of the original
-    got = [run._cycle_settings(c, g * 2.0) for c, g in enumerate(starts)]
+    got = [cycle_settings(shared, c, 3, g) for c, g in enumerate(starts)]
     assert [s.round for s in got] == [0, 1, 2]
     assert [round(s.target_gflops, 6) for s in got] == [0.35, round(0.35 / 0.72, 6), round(0.35 / 0.49, 6)]
     waypoints = [g * s.reach_gflops for g, s in zip(starts, got)]  # back in the original's terms
     expected = [0.35 ** (1 / 3), 0.72 * (0.35 / 0.72) ** (1 / 2), 0.35]
     assert waypoints == pytest.approx(expected, rel=1e-9)
-    assert run._met(0.35 * 2.0 * 1.02) and not run._met(0.35 * 2.0 * 1.021)
-    run.search = PruneSettings()  # no target: one round per cycle
-    assert run._cycle_settings(1, 1.5).max_rounds == 1 and run._cycle_settings(1, 1.5).reach_gflops is None
+    assert target_met(shared, 0.35 * 1.02) and not target_met(shared, 0.35 * 1.021)
+    one = cycle_settings(PruneSettings(), 1, 3, 0.75)  # no target: one round per cycle
+    assert one.max_rounds == 1 and one.reach_gflops is None and one.round == 1

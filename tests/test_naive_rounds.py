@@ -25,7 +25,7 @@ from pagcp.engine.rule import solve_lambda
 from pagcp.engine.search import TARGET_TOLERANCE
 from pagcp.engine.settings import PruneSettings
 from pagcp.models.stats import model_stats
-from pagcp.pipeline.cycles import PruneRun
+from pagcp.pipeline.cycles import cycle_settings, floor_widths, target_met
 
 IMG = 64
 #: four of the nineteen ratios, by position: 0.10, 0.40, 0.50, 0.80 (reference: numpy's 0.39999999999999997 and
@@ -162,17 +162,14 @@ def _finetune(model: nn.Module) -> nn.Module:
 def _engine_cycles(model: nn.Module, problem_of, settings: PruneSettings, cycles: int) -> tuple[list, nn.Module]:
     """What PruneRun does per cycle: its settings for the cycle's model, the search, the sliced model, the
     fine-tune; it stops once a pruned model meets the target."""
-    run = object.__new__(PruneRun)
-    run.search, run.cycles, run.original_widths = settings, cycles, None
-    run.flops_original = model_stats(model, IMG)["gflops"]
-    results = []
+    original, widths, results = model_stats(model, IMG)["gflops"], None, []
     for c in range(cycles):
-        cycle_settings = run._cycle_settings(c, model_stats(model, IMG)["gflops"])
-        result = problem_of(model).prune(cycle_settings)
-        results.append((cycle_settings, result))
-        run._note_widths(c, result)
+        settings_c = cycle_settings(settings, c, cycles, model_stats(model, IMG)["gflops"] / original, widths)
+        result = problem_of(model).prune(settings_c)
+        results.append((settings_c, result))
+        widths = floor_widths(settings, result) if c == 0 else widths
         model = _finetune(result.model.eval())
-        if run._met(result.graph.gflops(result.keep, IMG)):
+        if target_met(settings, result.graph.gflops(result.keep, IMG) / original):
             break
     return results, model
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from launch import free_port
+from launch import descendants, free_port, running
 
 ARGS = ["--weights", "yolov5n", "--data", "demo:train=16,val=24,img=96", "--img", "96", "--batch", "4",
         "--subset", "16", "--initial-rate", "0.002", "--initial-thres", "1.05",
@@ -72,8 +72,13 @@ def test_an_interrupted_sharded_search_resumes_under_torchrun(one, tmp_path):
             pass
         time.sleep(0.02)
     assert proc.poll() is None, proc.stderr.read()[-2000:]
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, at once
+    workers = descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)  # the launcher alone: its workers must follow it (die_with_launcher)
     proc.wait(timeout=60)
     assert not (project / "exp" / "report.json").exists()
+    deadline = time.time() + 30
+    while any(running(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert len(workers) >= 2 and not any(running(w) for w in workers)  # none runs the killed run on
     again = _run(2, project, ["--resume", str(project / "exp")])
     assert again["units"] == one["units"] and again["evaluations"] == one["evaluations"]

@@ -80,6 +80,37 @@ def _rows(prefix: str, figures: dict[str, float] | None, metrics: tuple[str, ...
     return {f"{m}_{prefix}": (figures[m] if figures else None) for m in metrics}
 
 
+def cycle_settings(s: PruneSettings, c: int, cycles: int, start: float,
+                   original_widths: dict[str, int] | None = None) -> PruneSettings:  # fmt: skip
+    """Cycle ``c`` of ``cycles`` searches round r + c, its model at ``start`` × the original GFLOPs. Without a
+    target: one round per cycle. With --target-gflops F, the cycles share it: cycle c of N runs rounds back to
+    back until its model is at most g·(F/g)^(1/(N−c)) of the original (g = ``start``), its waypoint, never going
+    below F; so no cycle is left all that the others did not prune, and the last one ends at F. Fractions are
+    converted to the cycle's model, as the engine reads them. After the first cycle, --min-width's floors count
+    from ``original_widths`` (the first cycle's)."""
+    if cycles == 1:
+        return s
+    if c > 0 and original_widths is not None:
+        s = dataclasses.replace(s, original_widths=original_widths)
+    if s.target_gflops is None:
+        return dataclasses.replace(s, round=s.round + c, max_rounds=1)
+    target = min(s.target_gflops / start, 0.999999)
+    reach = max(target, min(target ** (1 / (cycles - c)), 0.999999))
+    return dataclasses.replace(s, round=s.round + c, target_gflops=target, reach_gflops=reach)
+
+
+def floor_widths(s: PruneSettings, first: Any) -> dict[str, int] | None:
+    """The widths --min-width measures every later cycle by: the units of the first cycle's search result
+    ``first`` (None without a floor)."""
+    return {u.name: u.size for u in first.graph.units} if s.min_width > 0 else None
+
+
+def target_met(s: PruneSettings, fraction: float) -> bool:
+    """Whether a model at ``fraction`` of the original GFLOPs meets --target-gflops (within the engine's
+    tolerance, from above)."""
+    return s.target_gflops is not None and fraction <= s.target_gflops * (1 + TARGET_TOLERANCE)
+
+
 class PruneRun:
     """Runs (or continues) the cycles and the final fine-tune of one run folder; see the module docstring."""
 
@@ -110,7 +141,8 @@ class PruneRun:
             barrier()  # every process decides from the same files which steps are done
             result, pruned = self._search(c, model)
             results.append(result)
-            self._note_widths(c, result)
+            if c == 0:
+                self.original_widths = floor_widths(self.search, result)
             after = self.validate(pruned, "pruned" if self.cycles == 1 else f"cycle {c + 1} pruned")
             epochs = ft.epochs if self.cycles == 1 else ft.cycle_epochs
             model = self._finetune(pruned, self.cycle_dir(c), epochs, c)
@@ -157,30 +189,12 @@ class PruneRun:
         return f"cycle {len(records)} of at most {self.cycles}: {last}"
 
     def _cycle_settings(self, c: int, model_gflops: float) -> PruneSettings:
-        """Round r + c. Without a target: one round per cycle. With --target-gflops F, the cycles share it: cycle
-        c of N runs rounds back to back until its model is at most g·(F/g)^(1/(N−c)) of the original (g: where
-        the cycle starts), its waypoint, never going below F; so no cycle is left all that the others did not
-        prune, and the last one ends at F. Fractions are converted to the cycle's model, as the engine reads them."""
-        s = self.search
-        if self.cycles == 1:
-            return s
-        if c > 0 and self.original_widths is not None:
-            s = dataclasses.replace(s, original_widths=self.original_widths)
-        if s.target_gflops is None:
-            return dataclasses.replace(s, round=s.round + c, max_rounds=1)
-        target = min(s.target_gflops * self.flops_original / model_gflops, 0.999999)
-        reach = max(target, min(target ** (1 / (self.cycles - c)), 0.999999))
-        return dataclasses.replace(s, round=s.round + c, target_gflops=target, reach_gflops=reach)
-
-    def _note_widths(self, c: int, result: Any) -> None:
-        """After the first cycle's search: its units' widths, which --min-width measures every later cycle by."""
-        if c == 0 and self.search.min_width > 0:
-            self.original_widths = {u.name: u.size for u in result.graph.units}
+        """The search settings of cycle ``c`` (:func:`cycle_settings`)."""
+        return cycle_settings(self.search, c, self.cycles, model_gflops / self.flops_original, self.original_widths)
 
     def _met(self, gflops: float) -> bool:
         """Whether a model of ``gflops`` meets --target-gflops (within the engine's tolerance, from above)."""
-        target = self.search.target_gflops
-        return target is not None and gflops <= target * self.flops_original * (1 + TARGET_TOLERANCE)
+        return target_met(self.search, gflops / self.flops_original)
 
     def _problem(self, model: nn.Module):
         """The family's problem of ``model`` over the oracle's items (this process's share under torchrun)."""
