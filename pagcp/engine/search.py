@@ -71,6 +71,8 @@ class Search:
         self.backend = saliency_backend
         self.progress = progress
         self.units = scope_units(graph, settings)
+        #: the fewest channels each unit may keep (--min-width; one without it), fixed for the whole search
+        self.floors = {u.name: settings.floor(u.name, u.size) for u in graph.units}
         self.flops_original = graph.flops(None, img_size)
         self.state: SearchState | None = None
         self._evaluations_seen = 0  # the oracle's count already added to the state's
@@ -126,7 +128,7 @@ class Search:
         """λ, the unit order (by the FLOPs a 30 % L1 cut of each removes) and the base losses of a round."""
         st, s = self.state, self.settings
         rate, bound = s.rate_and_bound(st.round)
-        units = [u for u in self.units if keep.kept(u) > s.floor(u, self.graph[u].size)]
+        units = [u for u in self.units if keep.kept(u) > self.floors[u]]
         st.lam = solve_lambda(rate, bound, len(units)) if s.exp else 1.0
         scores = unit_scores(self.graph, keep, units, "l1", self.backend)
         flops_now = self.graph.flops(keep, self.img_size)
@@ -226,8 +228,7 @@ class Search:
     def _select(self, scores: torch.Tensor, keep: Keep, name: str, ratio: float) -> torch.Tensor:
         """Unit ``name``'s mask at ``ratio`` under ``keep``: by the mode's count, ``round_to`` and its floor."""
         s = self.settings
-        floor = s.floor(name, self.graph[name].size)
-        return select_keep(scores, keep[name], ratio, s.exact_counts, s.round_to, floor)
+        return select_keep(scores, keep[name], ratio, s.exact_counts, s.round_to, self.floors[name])
 
     def _first_trip(
         self, losses_at: Callable[[int], torch.Tensor], bound: torch.Tensor
@@ -363,7 +364,7 @@ class Search:
             st.stop_rule = f"target {s.target_gflops:g} x not reached ({why}): {fraction:.4f} x"
             log.info("%s", st.stop_rule)  # a round of a cycle run is not the end: the caller warns at the end
             return False
-        left = sum(keep.kept(u) > s.floor(u, self.graph[u].size) for u in self.units)
+        left = sum(keep.kept(u) > self.floors[u] for u in self.units)
         if s.exp and left < 2:  # λ spreads the round's bound over its units: one alone cannot be solved for
             st.stop_rule = (f"target {s.target_gflops:g} x not reached ({left} unit(s) left with channels to prune; "
                             f"a round needs two): {fraction:.4f} x")  # fmt: skip

@@ -19,8 +19,9 @@ from pagcp.graph import Keep, KeepLayout
 from pagcp.runs import write_json_atomic
 
 #: what a state file written before a setting existed holds for it: the setting's default, which it ran with
-ADDED_SINCE = {f.name: f.default for f in dataclasses.fields(PruneSettings) if f.name in ("round_to", "min_width")}
-ADDED_SINCE["original_widths"] = None
+ADDED_SINCE = {
+    f.name: None if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(PruneSettings)
+}
 
 STATE_VERSION = 1
 _KEEPS = ("round_keep", "keep")

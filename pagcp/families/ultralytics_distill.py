@@ -24,16 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagcp.errors import ConfigError
+from pagcp.families.ultralytics_loss import raw_outputs
 
 
-def _branches(raw: Any) -> list[dict[str, torch.Tensor]]:
-    if isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[1], dict):  # eval mode: (prediction, raw)
-        raw = raw[1]
-    if isinstance(raw, dict) and "one2many" in raw:
-        return [raw["one2many"], raw["one2one"]]
-    if isinstance(raw, dict) and "scores" in raw:
-        return [raw]
-    raise ConfigError(f"--distill: the head gives no raw scores and boxes to distil (got {type(raw).__name__})")
+def _branches(out: Any) -> list[dict[str, torch.Tensor]]:
+    """The raw dict of each branch of a head's output (training mode, or an eval-mode (prediction, raw) pair)."""
+    raw = raw_outputs(out)
+    return [raw["one2many"], raw["one2one"]] if "one2many" in raw else [raw]
 
 
 def _score_term(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -84,7 +84,7 @@ def _items(criterion: Any, raw: dict[str, Any], batch: dict[str, torch.Tensor]) 
     return items.detach().reshape(-1)
 
 
-def _raw_outputs(out: Any) -> dict[str, Any]:
+def raw_outputs(out: Any) -> dict[str, Any]:
     """Detect's raw training-mode dict, from it or from an eval-mode (prediction, raw) pair."""
     raw = out[1] if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict) else out
     if not isinstance(raw, dict) or not ({"boxes", "one2many"} & raw.keys()):
@@ -98,7 +98,7 @@ def ultralytics_task_loss(model: nn.Module) -> TaskLoss:
     end_to_end = is_end_to_end(model.model[-1])
 
     def loss_fn(out: Any, targets: torch.Tensor) -> torch.Tensor:
-        raw, batch = _raw_outputs(out), ultralytics_batch(targets)
+        raw, batch = raw_outputs(out), ultralytics_batch(targets)
         if not end_to_end:
             return _items(criterion, raw, batch)
         return torch.cat([_items(criterion.one2many, raw["one2many"], batch),
