@@ -65,7 +65,7 @@ import quality_smaller as qsm  # noqa: E402
 from quality_checks import check_oracle_not_val, row_latency  # noqa: E402
 from quality_methods import BASELINES, SCHEDULES, finetune, tp_global, validate  # noqa: E402, F401
 from quality_stats import DEFAULTS, MATCH_TOLERANCE, markdown_table, row_key, unmatched, verdict_table  # noqa: E402, F401
-from pagcp.data import load_data_config  # noqa: E402
+from pagcp.families import family_of  # noqa: E402
 from pagcp.engine.settings import PruneSettings  # noqa: E402
 from pagcp.pipeline import ExecutionSettings, FinetuneSettings, OracleSettings, RunSettings, prune_run  # noqa: E402
 
@@ -287,8 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     result = _load(out, args)
     started = time.perf_counter()
-    cfg = load_data_config(args.data)
     model = pagcp.load_model(args.weights)
+    cfg = family_of(model).data_config(args.data)  # "demo": the demo set with the model's task's labels
 
     def add(row: dict[str, Any]) -> None:
         result["rows"].append(row)

@@ -86,9 +86,10 @@ def _claim(folder: Path, job: dict[str, Any]) -> None:
 
 
 def validate(model: nn.Module, cfg: dict, img: int) -> dict[str, float]:
-    """mAP50 and mAP50-95 on the whole val split."""
+    """The family's metrics on the whole val split: box mAP50 and mAP50-95, and a segmentation or pose model's
+    mask or pose mAP beside them."""
     r = family_of(model).validate(model, cfg, img, torch.device("cpu"), progress=False)
-    return {"map50": round(r["map50"], 4), "map50_95": round(r["map50_95"], 4)}
+    return {k: round(v, 4) for k, v in r.items()}
 
 
 def tp_global(model: nn.Module, target_gflops: float, img: int, steps: int = 16) -> tuple[nn.Module, float]:

@@ -134,25 +134,33 @@ def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], field: str) -> tupl
     return seed_stats(va[s] for s in common), seed_stats(vb[s] for s in common)
 
 
-def better_schedule(groups: dict[tuple, list[dict[str, Any]]], epochs: int, target: float, method: str) -> str | None:
-    """The method's schedule with the higher mean mAP50-95 at (budget, target), among those whose GFLOPs match
-    PAGCP's (any schedule when none does); None when the method has no rows there."""
+def better_schedule(groups: dict[tuple, list[dict[str, Any]]], epochs: int, target: float, method: str,
+                    metric: str = "map50_95") -> str | None:  # fmt: skip
+    """The method's schedule with the higher mean ``metric`` (fine-tuned) at (budget, target), among those whose
+    GFLOPs match PAGCP's (any schedule when none does); None when the method has no rows there."""
     names = [s for (e, t, m, s) in sorted(groups, key=_order) if (e, t, m) == (epochs, target, method)]
     matched = [s for s in names if not unmatched(groups[(epochs, target, method, s)])]
     names = matched or names
     if not names:
         return None
-    return max(names, key=lambda s: mean_map(groups[(epochs, target, method, s)]))
+    return max(names, key=lambda s: mean_map(groups[(epochs, target, method, s)], metric))
 
 
-def mean_map(rows: list[dict[str, Any]]) -> float:
-    """The mean fine-tuned mAP50-95 over the rows' seeds."""
-    return seed_stats(r["map50_95_finetuned"] for r in rows).mean
+def mean_map(rows: list[dict[str, Any]], metric: str = "map50_95") -> float:
+    """The mean fine-tuned ``metric`` (default mAP50-95) over the rows' seeds."""
+    return seed_stats(r[f"{metric}_finetuned"] for r in rows).mean
 
 
-def verdicts(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (budget, target, baseline): the better schedule, both mAP50-95 statistics on the common seeds and
-    PAGCP's verdict (see :func:`verdict`; ``unmatched`` when that schedule's GFLOPs do not match)."""
+def task_metric(rows: Iterable[dict[str, Any]]) -> str | None:
+    """The task's own metric of a segmentation or pose benchmark (mask or pose mAP50-95), None for detection."""
+    keys = {k for r in rows for k in r}
+    return next((m for m in ("mask_map50_95", "pose_map50_95") if f"{m}_finetuned" in keys), None)
+
+
+def verdicts(rows: Iterable[dict[str, Any]], metric: str = "map50_95") -> list[dict[str, Any]]:
+    """Per (budget, target, baseline): the better schedule, both statistics of ``metric`` (fine-tuned; default
+    mAP50-95) on the common seeds and PAGCP's verdict (see :func:`verdict`; ``unmatched`` when that schedule's
+    GFLOPs do not match)."""
     groups = grouped(rows)
     out = []
     for epochs, target, method, schedule in sorted(groups, key=_order):
@@ -161,11 +169,11 @@ def verdicts(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         ours = groups[(epochs, target, method, schedule)]
         others = (m for (e, t, m, _) in sorted(groups, key=_order) if (e, t) == (epochs, target) and m != "pagcp")
         for base in dict.fromkeys(others):
-            best = better_schedule(groups, epochs, target, base)
+            best = better_schedule(groups, epochs, target, base, metric)
             if best is None:
                 continue
             theirs = groups[(epochs, target, base, best)]
-            stats = paired(ours, theirs, "map50_95_finetuned")
+            stats = paired(ours, theirs, f"{metric}_finetuned")
             if stats is None:
                 continue
             word = "unmatched" if unmatched(theirs) else verdict(*stats)
@@ -197,30 +205,39 @@ def _gflops_text(method: str, rows: list[dict[str, Any]]) -> str:
 
 def markdown_table(rows: Iterable[dict[str, Any]]) -> str:
     """One line per (budget, target, method, schedule): seeds, GFLOPs (vs PAGCP's, per seed), params, mAP50-95
-    and mAP50 fine-tuned (mean and range over seeds), ONNX Runtime latency, PAGCP's cycles."""
+    and mAP50 fine-tuned (mean and range over seeds; box, and a segmentation or pose benchmark's mask or pose
+    mAP50-95 too), ONNX Runtime latency, PAGCP's cycles."""
+    rows = list(rows)
+    task = task_metric(rows)
+    extra = f" {_METRIC_NAMES[task]} fine-tuned |" if task else ""
     lines = ["| budget | target | method | schedule | seeds | GFLOPs (vs PAGCP) | params | mAP50-95 fine-tuned | "
-             "mAP50 fine-tuned | latency ms, ORT CPU median / min | cycles |",
-             "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             f"mAP50 fine-tuned |{extra} latency ms, ORT CPU median / min | cycles |",
+             "|---:|---|---|---|---|---:|---:|---:|---:|" + ("---:|" if task else "") + "---:|---:|"]  # fmt: skip
     groups = grouped(rows)
     for key in sorted(groups, key=_order):
         epochs, target, method, schedule = key
         rs = groups[key]
         name = f"**{method}**" if method == "pagcp" else method
-        maps = [seed_stats(r[f"{m}_finetuned"] for r in rs).text() for m in ("map50_95", "map50")]
+        maps = [seed_stats(r[f"{m}_finetuned"] for r in rs).text() for m in ("map50_95", "map50", task) if m]
         cycles = ", ".join(str(r["cycles"]) for r in rs) if rs[0].get("cycles") else ""
         params = round(seed_stats(r["params"] for r in rs).mean)
         seeds = "-" if method == "unpruned" else ",".join(str(r["seed"]) for r in rs)
         lines.append(f"| {'-' if epochs is None else epochs} | {'-' if target is None else f'{target:g}×'} | {name} "
                      f"| {schedule} | {seeds} | {_gflops_text(method, rs)} | "
-                     f"{params:,} | {maps[0]} | {maps[1]} | {_latency_text(rs)} | {cycles} |")  # fmt: skip
+                     f"{params:,} | {' | '.join(maps)} | {_latency_text(rs)} | {cycles} |")  # fmt: skip
     return "\n".join(lines)
 
 
-def verdict_table(rows: Iterable[dict[str, Any]]) -> str:
-    """PAGCP against each baseline's better schedule, per budget and target (mAP50-95 fine-tuned)."""
-    lines = ["| budget | target | baseline | better schedule | baseline mAP50-95 | PAGCP mAP50-95 | gap | "
+#: how the tables name a metric
+_METRIC_NAMES = {"map50_95": "mAP50-95", "mask_map50_95": "mask mAP50-95", "pose_map50_95": "pose mAP50-95"}
+
+
+def verdict_table(rows: Iterable[dict[str, Any]], metric: str = "map50_95") -> str:
+    """PAGCP against each baseline's better schedule, per budget and target (``metric`` fine-tuned)."""
+    name = _METRIC_NAMES[metric]
+    lines = [f"| budget | target | baseline | better schedule | baseline {name} | PAGCP {name} | gap | "
              "larger range | PAGCP is |", "|---:|---|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
-    for v in verdicts(rows):
+    for v in verdicts(rows, metric):
         ours, theirs = v["pagcp"], v["theirs"]
         spread = f"{max(ours.spread, theirs.spread):.4f}" if min(ours.n, theirs.n) > 1 else "-"
         lines.append(f"| {v['epochs']} | {v['target']:g}× | {v['baseline']} | {v['schedule']} | {theirs.text()} | "

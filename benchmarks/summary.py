@@ -49,10 +49,19 @@ def _prune_rows(p: dict[str, Any]) -> list[str]:
     return [f"| {what} | `{p['command']}` | {r.get('weights', 'yolov5n-demo')} at {r['img_size']} px, oracle on "
             f"{r['subset']} {r['oracle_split']} images: GFLOPs "
             f"{r['gflops_before']:.3f} → {r['gflops_after']:.3f} ({r['gflops_after'] / r['gflops_before']:.0%}), "
-            f"params {r['params_before'] / 1e6:.2f} M → {r['params_after'] / 1e6:.2f} M; mAP50-95 "
-            f"{r['map50_95_before']:.3f} → {r['map50_95_after']:.3f} pruned → {r['map50_95_finetuned']:.3f} after one "
-            f"fine-tuning epoch; {r['evaluations']} candidate evaluations; {p['wall_s'] / 60:.1f} min in all{speed} "
+            f"params {r['params_before'] / 1e6:.2f} M → {r['params_after'] / 1e6:.2f} M; "
+            f"{'; '.join(_map_words(r, m) for m in _MAPS if f'{m}_before' in r)} after one fine-tuning epoch; "
+            f"{r['evaluations']} candidate evaluations; {p['wall_s'] / 60:.1f} min in all{speed} "
             f"| {p['date']}, {p['machine']} |"]  # fmt: skip
+
+
+#: the mAP50-95 of a prune report (box, then a segmentation or pose model's mask or pose), and their names
+_MAPS = {"map50_95": "mAP50-95", "mask_map50_95": "mask mAP50-95", "pose_map50_95": "pose mAP50-95"}
+
+
+def _map_words(r: dict[str, Any], metric: str) -> str:
+    return (f"{_MAPS[metric]} {r[f'{metric}_before']:.3f} → {r[f'{metric}_after']:.3f} pruned → "
+            f"{r[f'{metric}_finetuned']:.3f}")  # fmt: skip
 
 
 def _search_rows(s: dict[str, Any]) -> list[str]:
@@ -128,8 +137,8 @@ def _quality_words(q: dict[str, Any]) -> str:
     """What every row of ``q`` shares, in words (after the command and the date)."""
     st, rows = q["settings"], q["rows"]
     trainer = f"`--hyp {st['hyp']}`" if _family(st["weights"]) == "yolov5" else "Ultralytics' default hyper-parameters"
-    train, val = ("the 2,000 demo train images", "the 500 val images") if st["data"] == "demo" else (
-        f"the train split of {st['data']}", "its val split")  # fmt: skip
+    train, val = ("the 2,000 demo train images", "the 500 val images") if st["data"] in ("demo", "demo-seg",
+        "demo-pose") else (f"the train split of {st['data']}", "its val split")  # fmt: skip
     if "protocol" not in st:
         epochs = f"{st['epochs']} epoch{'' if st['epochs'] == 1 else 's'}"
         return (f"every method fine-tuned {epochs} on {train} ({trainer}, batch {st['batch']}); PAGCP's oracle on "
@@ -161,6 +170,10 @@ def _quality_table(q: dict[str, Any], name: str) -> list[str]:
              "otherwise; no verdict with one seed (*no spread*) or where the GFLOPs differ by more than "
              f"{quality_stats.MATCH_TOLERANCE:.0%} (*unmatched*).", "",
              quality_stats.verdict_table(q["rows"])]  # fmt: skip
+    task = quality_stats.task_metric(q["rows"])
+    if task:
+        lines += ["", f"The same on the task's own metric ({task.split('_')[0]} mAP50-95 fine-tuned):", "",
+                  quality_stats.verdict_table(q["rows"], task)]  # fmt: skip
     if any(r["method"] == "global" for r in q["rows"]):
         lines += [
             "",
@@ -246,7 +259,9 @@ def record_prune(run_dir: str, wall: float, command: str, name: str) -> None:
     keep = {k: report[k] for k in ("gflops_before", "gflops_after", "params_before", "params_after",
                                    "map50_95_before", "map50_95_after", "map50_95_finetuned", "map50_before",
                                    "map50_after", "map50_finetuned", "evaluations", "search_seconds", "stop_rule",
-                                   "oracle_split", "subset", "img_size", "latency", "weights")
+                                   "oracle_split", "subset", "img_size", "latency", "weights", "tasks",
+                                   *(f"{m}_{s}" for m in ("mask_map50_95", "pose_map50_95", "mask_map50",
+                                                          "pose_map50") for s in ("before", "after", "finetuned")))
             if k in report}  # fmt: skip
     load = os.getloadavg()[0]
     out = {"command": command, "wall_s": wall, "report": keep, "load_average_1min_at_record": load,

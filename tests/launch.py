@@ -1,9 +1,14 @@
 """Helpers for tests that launch prune commands in processes of their own: a rendezvous port nothing else holds,
-the small yolov8n-demo run the Ultralytics process tests share, and a launch's processes (to see them end)."""
+the small yolov8n-demo run the Ultralytics process tests share, a small command-line run of a bundled demo
+checkpoint, and a launch's processes (to see them end)."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -19,6 +24,19 @@ def yolov8n_demo_args(finetune_epochs: int) -> list[str]:
     return ["--weights", "yolov8n-demo", "--data", "demo:train=16,val=24,img=96", "--img", "64", "--batch", "4",
             "--subset", "8", "--compression", "backbone", "--finetune-epochs", str(finetune_epochs),
             "--finetune-batch", "8", "--no-latency", "--device", "cpu", "--json"]  # fmt: skip
+
+
+def prune_bundled_demo(weights: str, tmp_path: Path) -> dict:
+    """``python -m pagcp.prune --weights <weights> --json`` on 16 train / 24 val demo images at 96 px (backbone
+    scope, 8 oracle images, one fine-tuning epoch) in a process of its own; its report (it must succeed)."""
+    args = ["--weights", weights, "--data", "demo:train=16,val=24,img=96", "--img", "96", "--batch", "8",
+            "--subset", "8", "--compression", "backbone", "--finetune-epochs", "1", "--finetune-batch", "8",
+            "--no-latency", "--project", str(tmp_path / "runs"), "--json"]  # fmt: skip
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", YOLO_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "pagcp.prune", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def descendants(pid: int) -> list[int]:

@@ -1,8 +1,9 @@
 """A malicious pickle disguised as each kind of checkpoint pagcp reads is refused, and its payload never runs.
 
 Kinds: an official YOLOv5 ``.pt``, a pagcp checkpoint (plain dict), a YOLOv5 training ``last.pt`` (optimizer
-state inside), and Ultralytics checkpoints of a detection model and of YOLO26 (the family is told by the pickle
-naming ``ultralytics.`` globals, so the disguise carries a real Ultralytics model). The payload sits where such a
+state inside), and Ultralytics checkpoints of a detection model, of YOLO26, of a segmentation and of a pose model
+(the family is told by the pickle naming ``ultralytics.`` globals and the task's model class, so the disguise
+carries a real Ultralytics model). The payload sits where such a
 file keeps each part (the model, the EMA, the optimizer state, the training arguments, an attribute of a real
 module), calls ``os.system`` or ``builtins.exec``, and would create a marker file; every load must raise
 UnsafePickleError naming the file and the global, and leave no marker. Each command (prune, val, train, export)
@@ -62,9 +63,7 @@ def _pagcp(evil) -> dict:
 
 
 def _ultralytics(yaml_name: str, evil, where: str) -> dict:
-    from pagcp.families.ultralytics_detect import load_ultralytics
-
-    model = load_ultralytics(yaml_name, nc=2)
+    model = pagcp.load_model(yaml_name, nc=2)
     ckpt = {"model": model, "ema": None, "updates": 0, "optimizer": None, "train_args": {"imgsz": 64},
             "version": "8.4.0", "date": "2026-01-01"}  # fmt: skip
     if where == "attribute":
@@ -82,6 +81,8 @@ KINDS = [
     ("last.pt", "yolov5", "optimizer"),  # a YOLOv5 training checkpoint, as a resumed fine-tune reads it
     *[("yolov8n.pt", "yolov8n.yaml", w) for w in ("attribute", "ema", "train_args")],
     *[("yolo26n.pt", "yolo26n.yaml", w) for w in ("attribute", "optimizer")],
+    *[("yolov8n-seg.pt", "yolov8n-seg.yaml", w) for w in ("attribute", "ema")],
+    *[("yolo11n-pose.pt", "yolo11n-pose.yaml", w) for w in ("attribute", "train_args")],
 ]
 
 

@@ -106,7 +106,12 @@ def test_the_demo_generator_says_what_is_there(tmp_path, capsys):
     assert demo_main(["--out", str(out), "--train", "4", "--val", "2", "--img", "64"]) == 0
     assert "4 train + 2 val images at 64 px, already there" in capsys.readouterr().out
     assert demo_main(["--out", str(out), "--train", "100", "--val", "2", "--img", "64"]) == 2
-    assert "already holds a demo dataset of 4 train + 2 val images at 64 px (seed 0), not the 100 train" in (
+    assert (
+        "already holds a detect demo dataset of 4 train + 2 val images at 64 px (seed 0), not the detect one of "
+        "100 train" in capsys.readouterr().err
+    )
+    assert demo_main(["--out", str(out), "--train", "4", "--val", "2", "--img", "64", "--kind", "pose"]) == 2
+    assert "holds a detect demo dataset of 4 train + 2 val images at 64 px (seed 0), not the pose one of 4 train" in (
         capsys.readouterr().err
     )
     with pytest.raises(ConfigError, match="already holds other files"):

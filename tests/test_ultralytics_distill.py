@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _pair(name: str):
     """A bundled demo model (trained: its outputs vary with its channels) and its uniformly pruned copy."""
-    teacher = load_ultralytics(name).eval()
+    teacher = pagcp.load_model(name).eval()
     graph = pagcp.trace(teacher, torch.zeros(1, 3, IMG, IMG))
     student = pagcp.families.family_of(teacher).sliced(graph.slice(uniform_keep(graph, 0.5, prunable_units(graph))))
     return teacher, student.eval()

@@ -6,10 +6,7 @@ its widths; the bundled yolo26n-demo prunes end to end from the command line."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 if importlib.util.find_spec("ultralytics") is None:
     pytest.skip("needs the ultralytics package (pip install ultralytics)", allow_module_level=True)
 
+from launch import prune_bundled_demo  # noqa: E402
 from test_slicing import assert_sliced_equals_masked, random_keep, randomize_norms  # noqa: E402
 from test_ultralytics import _outputs, _train_files, _widths, run_without_pagcp, train_an_epoch  # noqa: E402
 
@@ -119,14 +117,7 @@ def test_the_prune_command_on_yolo26n_demo(tmp_path):
     are the saved model's, and box mAP is reported before, after pruning and after fine-tuning."""
     if not bundled_file("yolo26n-demo").is_file():
         pytest.skip("the bundled yolo26n-demo checkpoint is not there")
-    args = ["--weights", "yolo26n-demo", "--data", "demo:train=16,val=24,img=96", "--img", "96", "--batch", "8",
-            "--subset", "8", "--compression", "backbone", "--finetune-epochs", "1", "--finetune-batch", "8",
-            "--no-latency", "--project", str(tmp_path / "runs"), "--json"]  # fmt: skip
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", YOLO_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "pagcp.prune", *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = prune_bundled_demo("yolo26n-demo", tmp_path)
     assert tuple(report["tasks"]) == E2E_TASKS
     assert sum(u["selected"] and u["channels_after"] < u["channels_before"] for u in report["units"]) >= 3
     run = Path(report["run_dir"])

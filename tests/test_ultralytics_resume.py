@@ -23,6 +23,8 @@ from launch import yolov8n_demo_args  # noqa: E402
 
 import pagcp  # noqa: E402
 from pagcp.data.demo import generate_demo  # noqa: E402
+from pagcp.engine.baselines import prunable_units, uniform_keep  # noqa: E402
+from pagcp.families import family_for_weights  # noqa: E402
 from pagcp.families.base import FinetuneJob  # noqa: E402
 from pagcp.families.ultralytics_resume import RESUME_KEY  # noqa: E402
 from pagcp.families.ultralytics_train import epochs_done, last_checkpoint  # noqa: E402
@@ -106,13 +108,28 @@ def test_the_trainer_resumes_exactly_with_gradients_accumulated_across_the_kill(
     """4 batches an epoch, an optimizer step every 3: the kill after epoch 1 comes with a batch's gradients not yet
     applied. Resumed from pagcp's state the run ends with the uninterrupted weights, live and EMA; from
     Ultralytics' own state alone (fp16 EMA, no gradients, its step count restarted) it does not."""
-    from ultralytics import YOLO
-
     from pagcp.families.ultralytics_detect import PrunedDetectionTrainer
 
     data = generate_demo(str(tmp_path / "demo"), train=16, val=8, img=96, seed=0, workers=1)
-    source = str(WEIGHTS_DIR / "yolov8n-demo.pt")
-    options = dict(trainer=PrunedDetectionTrainer, data=data, epochs=2, imgsz=64, batch=4, nbs=12, warmup_epochs=0,
+    _resumes_exactly(str(WEIGHTS_DIR / "yolov8n-demo.pt"), PrunedDetectionTrainer, data, tmp_path)
+
+
+def test_a_segmentation_fine_tune_resumes_exactly(tmp_path):
+    """The same with Ultralytics' SegmentationTrainer (masks in every batch) on a pruned yolov8n-seg."""
+    data = generate_demo(str(tmp_path / "demo"), train=16, val=8, img=96, seed=0, workers=1, kind="segment")
+    family = family_for_weights("yolov8n-seg.yaml")
+    torch.manual_seed(0)
+    model = family.load("yolov8n-seg.yaml", nc=6)
+    graph = pagcp.trace(model, torch.zeros(1, 3, 64, 64))
+    pruned = family.sliced(graph.slice(uniform_keep(graph, 0.5, prunable_units(graph))))
+    source = family.save(pruned, tmp_path / "pruned.pt")
+    _resumes_exactly(str(source), family.trainer(), data, tmp_path)
+
+
+def _resumes_exactly(source: str, trainer: type, data: str, tmp_path) -> None:
+    from ultralytics import YOLO
+
+    options = dict(trainer=trainer, data=data, epochs=2, imgsz=64, batch=4, nbs=12, warmup_epochs=0,
                    workers=0, device="cpu", amp=False, plots=False, seed=0, deterministic=True,
                    project=str(tmp_path / "runs"), exist_ok=True)  # fmt: skip
     whole = YOLO(source)
@@ -138,7 +155,7 @@ def test_the_trainer_resumes_exactly_with_gradients_accumulated_across_the_kill(
     resumed = {}
     for name, path in (("pagcp", last), ("ultralytics", without)):
         model = YOLO(str(path))
-        model.train(trainer=PrunedDetectionTrainer, resume=True, data=data, device="cpu", workers=0, batch=4)
+        model.train(trainer=trainer, resume=True, data=data, device="cpu", workers=0, batch=4)
         resumed[name] = _trained(model.trainer)
     assert _same(resumed["pagcp"][0], expected[0]) and _same(resumed["pagcp"][1], expected[1])
     differs = max(float((v - expected[0][k]).abs().max()) for k, v in resumed["ultralytics"][0].items())

@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     family.check_data(model, cfg, args.weights, args.data)
     if not hasattr(family, "for_validation"):
         raise ConfigError(f"--weights {args.weights}: {family.title} models are not YOLO detectors pagcp.val scores")
+    scored = family.for_validation(model)  # before any data is read: refuses what pagcp.val cannot score
     stride = family.stride(model)
     img = family.image_size(model, args.img)
     iou = args.iou_thres if args.iou_thres is not None else (COCO_JSON_IOU if args.coco_eval else 0.6)
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         prefix=f"{args.task}: ",
     )
     result = evaluate(
-        family.for_validation(model),
+        scored,
         loader,
         img,
         conf_thres=args.conf_thres,

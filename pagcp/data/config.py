@@ -14,15 +14,23 @@ SPLITS = ("train", "val", "test")
 _said: set[str] = set()  # data yamls whose made-up class names were already said
 
 
-def _parse_demo_spec(spec: str) -> dict[str, int]:
-    """``demo`` or ``demo:train=200,val=50,img=160,seed=1`` -> keyword arguments of ``ensure_demo``."""
-    params: dict[str, int] = {}
-    _, _, rest = spec.partition(":")
+def is_demo_spec(spec: str) -> bool:
+    """Whether a ``--data`` value names a generated demo set (``demo``, ``demo-seg``, ``demo-pose``, with or
+    without ``:params``)."""
+    from pagcp.data.demo_labels import KINDS
+
+    return spec.partition(":")[0] in KINDS
+
+
+def _parse_demo_spec(spec: str) -> dict[str, Any]:
+    """``demo`` or ``demo-seg:train=200,val=50,img=160,seed=1`` -> keyword arguments of ``ensure_demo``."""
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {"name": name}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or key not in ("train", "val", "img", "seed"):
-            raise ConfigError(f"--data {spec!r}: expected demo:train=N,val=M,img=S,seed=K, got {item!r}")
+            raise ConfigError(f"--data {spec!r}: expected {name}:train=N,val=M,img=S,seed=K, got {item!r}")
         try:
             params[key] = int(value)
         except ValueError as e:
@@ -73,21 +81,24 @@ def load_data_config(spec: str | os.PathLike | dict[str, Any]) -> dict[str, Any]
     Returns keys ``path`` (root), ``train``, ``val``, ``test`` (absolute path, list of them, or None),
     ``nc``, ``names`` (list) and ``yaml_file``. A relative ``path`` is taken relative to the yaml's folder;
     splits are relative to ``path`` (the yaml's folder when absent). ``"demo"`` generates the demo dataset
-    on first use (see ``pagcp.data.demo``); ``"demo:train=200,val=50,img=160,seed=1"`` picks its size.
+    on first use (see ``pagcp.data.demo``); ``"demo:train=200,val=50,img=160,seed=1"`` picks its size;
+    ``"demo-seg"`` and ``"demo-pose"`` are the same images with polygons, and with keypoints.
     """
     yaml_file = None
     if isinstance(spec, dict):
         raw, base = dict(spec), os.getcwd()
     else:
         spec = os.fspath(spec)
-        if spec == "demo" or spec.startswith("demo:"):
+        if is_demo_spec(spec):
             from pagcp.data.demo import ensure_demo
 
             spec = ensure_demo(**_parse_demo_spec(spec))
         if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "data.yaml")):
             spec = os.path.join(spec, "data.yaml")
         if not os.path.isfile(spec):
-            raise ConfigError(f"data yaml {spec} not found (pass a data yaml path, a dict or 'demo')")
+            raise ConfigError(
+                f"data yaml {spec} not found (pass a data yaml path, a dict, 'demo', 'demo-seg' or 'demo-pose')"
+            )
         try:
             with open(spec, encoding="utf-8") as f:
                 raw = yaml.safe_load(f) or {}

@@ -14,9 +14,12 @@ pasted with hard alpha masks so every box is exact by construction:
 | 5 | circle | drawn | saturated solid colour |
 
 Output (YOLO layout): ``images/{train,val}/NNNNNN.jpg``, ``labels/{train,val}/NNNNNN.txt``, ``data.yaml``
-and ``annotations/instances_val.json`` (COCO, image id = int(file stem), category id = class + 1).
+and ``annotations/instances_val.json`` (COCO boxes, image id = int(file stem), category id = class + 1). The
+labels are boxes (``--data demo``), or, on the same images, polygons (``demo-seg``) or boxes with four
+keypoints (``demo-pose``), all exact from the objects' masks (:mod:`pagcp.data.demo_labels`).
 Every image is drawn from its own generator seeded by (seed, split, index), so the output depends only on
-the parameters. Command line: ``python -m pagcp.data.demo --out DIR [--train N --val M --img S --seed K]``.
+the parameters. Command line:
+``python -m pagcp.data.demo --out DIR [--train N --val M --img S --seed K --kind segment]``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
+from pagcp.data.demo_labels import KINDS, label_line, yaml_entries
 from pagcp.errors import ConfigError, DataError
 
 LOGGER = logging.getLogger(__name__)
@@ -188,14 +192,15 @@ def _background(rng: np.random.Generator, size: int, src: dict) -> np.ndarray:
 
 
 Box = tuple[int, int, int, int, int]  # class, x0, y0, x1, y1 (pixels, x1 and y1 exclusive)
+Pasted = tuple[int, int, int, np.ndarray]  # class, x0, y0, the object's boolean mask (its box's size)
 
 
-def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, list[Box]]:
-    """One demo image and its boxes ``(class, x0, y0, x1, y1)`` in pixels (x1, y1 exclusive)."""
+def render_scene(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, list[Pasted]]:
+    """One demo image and its objects ``(class, x0, y0, mask)``: each object's exact mask at pixel (x0, y0)."""
     src = _sources()
     rng = np.random.default_rng([seed, _SPLIT_ID[split], index])
     img = _background(rng, size, src)
-    boxes: list[Box] = []
+    objects: list[Pasted] = []
     largest = max(MIN_OBJECT + 1, min(MAX_OBJECT, int(0.45 * size)))
     for _ in range(int(rng.integers(1, MAX_OBJECTS_PER_IMAGE + 1))):
         cls = int(rng.integers(len(CLASSES)))
@@ -204,29 +209,32 @@ def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
         for _attempt in range(20):
             x0, y0 = int(rng.integers(0, size - pw + 1)), int(rng.integers(0, size - ph + 1))
             if all(
-                x0 >= bx1 + 2 or bx0 >= x0 + pw + 2 or y0 >= by1 + 2 or by0 >= y0 + ph + 2
-                for _, bx0, by0, bx1, by1 in boxes
+                x0 >= bx0 + m.shape[1] + 2 or bx0 >= x0 + pw + 2 or y0 >= by0 + m.shape[0] + 2 or by0 >= y0 + ph + 2
+                for _, bx0, by0, m in objects
             ):
                 region = img[y0 : y0 + ph, x0 : x0 + pw]
                 region[patch[..., 3] > 0] = patch[..., :3][patch[..., 3] > 0]
-                boxes.append((cls, x0, y0, x0 + pw, y0 + ph))
+                objects.append((cls, x0, y0, patch[..., 3] > 0))
                 break
-    return img, boxes
+    return img, objects
 
 
-def _write_split_chunk(args: tuple[str, int, str, int, range]) -> list[list[Box]]:
-    out, seed, split, size, indices = args
+def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, list[Box]]:
+    """One demo image and its boxes ``(class, x0, y0, x1, y1)`` in pixels (x1, y1 exclusive)."""
+    img, objects = render_scene(seed, split, index, size)
+    return img, [(cls, x0, y0, x0 + m.shape[1], y0 + m.shape[0]) for cls, x0, y0, m in objects]
+
+
+def _write_split_chunk(args: tuple[str, int, str, int, range, str]) -> list[list[Box]]:
+    out, seed, split, size, indices, kind = args
     all_boxes = []
     for i in indices:
-        img, boxes = render_image(seed, split, i, size)
+        img, objects = render_scene(seed, split, i, size)
         Image.fromarray(img).save(os.path.join(out, "images", split, f"{i:06d}.jpg"), quality=90)
         with open(os.path.join(out, "labels", split, f"{i:06d}.txt"), "w", encoding="utf-8") as f:
-            for cls, x0, y0, x1, y1 in boxes:
-                f.write(
-                    f"{cls} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} "
-                    f"{(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}\n"
-                )
-        all_boxes.append(boxes)
+            for cls, x0, y0, mask in objects:
+                f.write(label_line(kind, cls, x0, y0, mask, size) + "\n")
+        all_boxes.append([(cls, x0, y0, x0 + m.shape[1], y0 + m.shape[0]) for cls, x0, y0, m in objects])
     return all_boxes
 
 
@@ -250,9 +258,18 @@ def _coco_json(boxes_per_image: list, size: int) -> dict:
 
 
 def generate_demo(
-    out: str, train: int = 2000, val: int = 500, img: int = 320, seed: int = 0, workers: int | None = None
+    out: str,
+    train: int = 2000,
+    val: int = 500,
+    img: int = 320,
+    seed: int = 0,
+    workers: int | None = None,
+    kind: str = "detect",
 ) -> str:
     """Write the demo dataset to ``out`` (built in a temporary sibling folder, then renamed) -> data.yaml path.
+
+    ``kind``: the labels (``detect``: boxes; ``segment``: polygons; ``pose``: boxes and four keypoints, see
+    :mod:`pagcp.data.demo_labels`); the images are the same for every kind.
 
     If ``out`` already holds a complete dataset (another process won the race) it is kept.
     """
@@ -261,17 +278,23 @@ def generate_demo(
             f"demo dataset: need train >= 0, val >= 1 and img >= {2 * MIN_OBJECT + 4} "
             f"(got train={train}, val={val}, img={img})"
         )
+    if kind not in KINDS.values():
+        raise ConfigError(f"demo dataset: unknown kind {kind!r}; known: {', '.join(KINDS.values())}")
     out = os.path.abspath(os.path.expanduser(out))
+    wanted = {"train": train, "val": val, "img": img, "seed": seed, "version": FORMAT_VERSION}
+    if kind != "detect":
+        wanted["kind"] = kind
     if os.path.exists(out) and os.listdir(out):
         existing = _existing(out)
-        wanted = {"train": train, "val": val, "img": img, "seed": seed, "version": FORMAT_VERSION}
         if existing == wanted:
             return os.path.join(out, "data.yaml")
-        held = (f"a demo dataset of {existing['train']} train + {existing['val']} val images at {existing['img']} px "
-                f"(seed {existing['seed']})" if existing else "other files")  # fmt: skip
+        held = "other files"
+        if existing:
+            held = (f"a {existing.get('kind', 'detect')} demo dataset of {existing['train']} train + "
+                    f"{existing['val']} val images at {existing['img']} px (seed {existing['seed']})")  # fmt: skip
         raise ConfigError(
-            f"demo dataset: --out {out} already holds {held}, not the {train} train + {val} val images at {img} px "
-            f"(seed {seed}) asked for; remove it or pick another folder"
+            f"demo dataset: --out {out} already holds {held}, not the {kind} one of {train} train + {val} val images "
+            f"at {img} px (seed {seed}) asked for; remove it or pick another folder"
         )
     _sources()  # load once before forking workers
     parent = os.path.dirname(out)
@@ -284,7 +307,7 @@ def generate_demo(
         workers = workers if workers is not None else min(2, os.cpu_count() or 1)
         val_boxes = []
         for split, n in (("train", train), ("val", val)):
-            chunks = [(tmp, seed, split, img, range(s, min(s + 100, n))) for s in range(0, n, 100)]
+            chunks = [(tmp, seed, split, img, range(s, min(s + 100, n)), kind) for s in range(0, n, 100)]
             if workers > 1 and n >= 200:
                 with ProcessPoolExecutor(workers) as pool:
                     results = list(pool.map(_write_split_chunk, chunks))
@@ -302,7 +325,8 @@ def generate_demo(
             "nc": len(CLASSES),
             "names": CLASSES,
             "coco_json": "annotations/instances_val.json",
-            "demo": {"train": train, "val": val, "img": img, "seed": seed, "version": FORMAT_VERSION},
+            **yaml_entries(kind, len(CLASSES)),
+            "demo": wanted,
         }
         with open(os.path.join(tmp, "data.yaml"), "w", encoding="utf-8") as f:
             yaml.safe_dump(config, f, sort_keys=False)
@@ -335,14 +359,19 @@ def demo_home() -> str:
 
 
 def ensure_demo(
-    train: int = DEFAULTS["train"], val: int = DEFAULTS["val"], img: int = DEFAULTS["img"], seed: int = DEFAULTS["seed"]
+    train: int = DEFAULTS["train"],
+    val: int = DEFAULTS["val"],
+    img: int = DEFAULTS["img"],
+    seed: int = DEFAULTS["seed"],
+    name: str = "demo",
 ) -> str:
-    """data.yaml of the demo dataset with these parameters, generated on first use in ``demo_home()``."""
-    out = os.path.join(demo_home(), f"demo-v{FORMAT_VERSION}-train{train}-val{val}-img{img}-seed{seed}")
+    """data.yaml of the demo dataset ``name`` (``demo``, ``demo-seg``, ``demo-pose``: its labels' kind) with
+    these parameters, generated on first use in ``demo_home()``."""
+    out = os.path.join(demo_home(), f"{name}-v{FORMAT_VERSION}-train{train}-val{val}-img{img}-seed{seed}")
     if os.path.isfile(os.path.join(out, "data.yaml")):
         return os.path.join(out, "data.yaml")
-    LOGGER.info("generating the demo dataset (%d train, %d val images at %d px) in %s", train, val, img, out)
-    return generate_demo(out, train, val, img, seed)
+    LOGGER.info("generating the %s dataset (%d train, %d val images at %d px) in %s", name, train, val, img, out)
+    return generate_demo(out, train, val, img, seed, kind=KINDS[name])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,17 +386,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"],
                         help=f"seed of the images and objects (default: {DEFAULTS['seed']})")  # fmt: skip
     parser.add_argument("--workers", type=int, default=None, help="processes (default min(2, cores))")
+    parser.add_argument("--kind", choices=sorted(KINDS.values()), default="detect",
+                        help="labels: detect (boxes, default), segment (polygons), pose (4 keypoints)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
     there = _existing(os.path.abspath(os.path.expanduser(args.out)))
     try:
-        path = generate_demo(args.out, args.train, args.val, args.img, args.seed, args.workers)
+        path = generate_demo(args.out, args.train, args.val, args.img, args.seed, args.workers, args.kind)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     made = "already there" if there else f"written in {time.perf_counter() - start:.1f} s"
-    print(f"demo dataset: {args.train} train + {args.val} val images at {args.img} px, {made} -> {path}")
+    print(f"demo dataset ({args.kind}): {args.train} train + {args.val} val images at {args.img} px, {made} -> {path}")
     return 0
 
 

@@ -33,7 +33,8 @@ MIN_OPSET = 11  # Resize with nearest/asymmetric modes, as the Upsample layers n
 
 
 class Prediction(nn.Module):
-    """A YOLOv5 model whose forward returns only the decoded prediction tensor (Detect also returns raw maps)."""
+    """A detector whose forward returns only the decoded prediction tensor, the ONNX file's first output (Detect
+    also returns raw maps; a segmentation head returns (prediction, prototypes) first)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -41,7 +42,9 @@ class Prediction(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        while isinstance(out, (tuple, list)):
+            out = out[0]
+        return out
 
 
 def _device(model: nn.Module) -> torch.device:

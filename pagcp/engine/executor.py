@@ -346,13 +346,14 @@ class Executor:
         if isinstance(module, nn.Linear):
             return F.linear(args[0], self.weights.linear(name, module), module.bias)
         overrides = self.weights.leaf_overrides(name, module)
-        train_mode = isinstance(module, self.train_mode_leaves) and not module.training
-        if train_mode:
-            module.training = True
+        # the leaf, and any train-mode module inside it, runs its training branch (its norms stay in eval)
+        flipped = [m for m in module.modules() if isinstance(m, self.train_mode_leaves) and not m.training]
+        for m in flipped:
+            m.training = True
         try:
             if overrides:
                 return functional_call(module, overrides, tuple(args), kwargs, strict=False)
             return module(*args, **kwargs)
         finally:
-            if train_mode:
-                module.training = False
+            for m in flipped:
+                m.training = False

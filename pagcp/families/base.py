@@ -94,6 +94,11 @@ class Family:
         """Whether a loaded model is one of this family's."""
         raise NotImplementedError
 
+    def config_options(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """What a new network built from a config (:meth:`is_config`) takes from the data besides its class count
+        (e.g. a pose model's keypoint shape), as keyword arguments of :meth:`load`; none by default."""
+        return {}
+
     def load(self, spec: str | Path, nc: int | None = None, device: str | torch.device = "cpu") -> nn.Module:
         """The model a ``--weights`` value names, eval mode, float32, on ``device`` (``nc`` sets a config's class
         count; a checkpoint's must match it). Official checkpoints load through an allow-listing unpickler."""

@@ -3,8 +3,9 @@
 :data:`FAMILIES` maps a family's name to the ``module:Class`` that implements it; a family module is imported
 only when a lookup reaches it, so ``import pagcp`` never needs a family's optional packages. Lookups ask the
 families registered with :func:`register` first (newest first), then the table in its order: Ultralytics
-detection before YOLOv5, whose loader also takes any other checkpoint path (it gives the clearest error for a
-file that is neither).
+segmentation and pose before Ultralytics detection (which takes any other Ultralytics model, to refuse the
+tasks pagcp does not prune by name), then YOLOv5, whose loader also takes any other checkpoint path (it gives
+the clearest error for a file that is neither).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pagcp.families.base import Family
 
 #: name -> "module:Class" of every family shipped with pagcp, in the order lookups ask them
 FAMILIES: dict[str, str] = {
+    "ultralytics-segment": "pagcp.families.ultralytics_segment:UltralyticsSegmentFamily",
+    "ultralytics-pose": "pagcp.families.ultralytics_pose:UltralyticsPoseFamily",
     "ultralytics-detect": "pagcp.families.ultralytics_detect:UltralyticsDetectFamily",
     "yolov5": "pagcp.families.yolov5:YoloV5Family",
 }

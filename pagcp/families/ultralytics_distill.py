@@ -5,8 +5,10 @@ Detect's raw output is a dict per branch (one, or ``one2many`` and ``one2one`` o
 with the network it was cut from. The distillation loss compares them branch by branch: class scores by the mean
 squared difference of their sigmoids; boxes by the mean squared difference of each side's softmax over its
 reg_max bins (YOLOv8, YOLO11) or, with reg_max 1 (YOLO26), by the smooth-L1 difference of the distances
-themselves; the terms are summed, multiplied by the batch size (Ultralytics' losses are per-batch sums) and by
-the weight W. The head inputs (``feats``) have pruned widths and are not compared.
+themselves; a segmentation head's mask coefficients and a pose head's raw keypoints by their mean squared
+difference; the terms are summed, multiplied by the batch size (Ultralytics' losses are per-batch sums) and by
+the weight W. The head inputs (``feats``) have pruned widths and are not compared, and neither are the prototype
+masks (the head's own widths, but a function of the pruned input 0 the coefficients already answer for).
 
 :func:`distilling_trainer` subclasses a trainer class so that its training model's criterion adds that loss: it
 is installed at the first batch, after the EMA copy and the checkpoints' model were made, so no checkpoint ever
@@ -25,6 +27,9 @@ from torch import nn
 
 from pagcp.errors import ConfigError
 from pagcp.families.ultralytics_loss import raw_outputs
+
+#: the raw outputs of segmentation and pose heads that a pruned network shares with its teacher
+_TASK_OUTPUTS = ("mask_coefficient", "kpts")
 
 
 def _branches(out: Any) -> list[dict[str, torch.Tensor]]:
@@ -53,6 +58,8 @@ def head_distillation(student: Any, teacher: Any) -> torch.Tensor:
     if len(ours) != len(theirs) or any(s[k].shape != t[k].shape for s, t in pairs for k in ("scores", "boxes")):
         raise ConfigError("--distill: the student's head outputs differ from the teacher's")
     total = sum(_score_term(s["scores"], t["scores"]) + _box_term(s["boxes"], t["boxes"]) for s, t in pairs)
+    for key in _TASK_OUTPUTS:
+        total = total + sum(((s[key].float() - t[key].float()) ** 2).mean() for s, t in pairs if key in s and key in t)
     return total * pairs[0][0]["scores"].shape[0]
 
 

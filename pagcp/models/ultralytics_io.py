@@ -48,14 +48,17 @@ def require_ultralytics() -> ModuleType:
     return ultralytics
 
 
-def build_from_yaml(path: str | Path, nc: int | None = None, model_class: str = "DetectionModel") -> nn.Module:
+def build_from_yaml(
+    path: str | Path, nc: int | None = None, model_class: str = "DetectionModel", **options: Any
+) -> nn.Module:
     """A network built from an Ultralytics model yaml (a file, or a name Ultralytics ships) by the
-    ``ultralytics.nn.tasks`` class ``model_class``, with random weights; ConfigError naming the yaml else."""
+    ``ultralytics.nn.tasks`` class ``model_class`` (``options``: its other arguments, e.g. a PoseModel's
+    ``data_kpt_shape``), with random weights; ConfigError naming the yaml else."""
     require_ultralytics()
     from ultralytics.nn import tasks
 
     try:
-        model = getattr(tasks, model_class)(str(path), nc=nc, verbose=False)
+        model = getattr(tasks, model_class)(str(path), nc=nc, verbose=False, **options)
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: no such model yaml, here or among Ultralytics' own configs ({e})") from e
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
@@ -78,9 +81,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def pickle_mentions(path: Path, prefix: str) -> bool:
-    """True when the torch file's pickle names a global starting with ``prefix`` (its strings are read, nothing
-    is run); False for anything that is not a readable torch zip file."""
+def pickle_strings(path: Path) -> set[str]:
+    """The strings a torch file's pickle holds (global names among them), read without running anything; empty
+    for anything that is not a readable torch zip file, or a malformed stream (the loader names the problem)."""
     import pickletools
 
     try:
@@ -88,11 +91,21 @@ def pickle_mentions(path: Path, prefix: str) -> bool:
             name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
             data = archive.read(name) if name else b""
     except (zipfile.BadZipFile, OSError):
-        return False
+        return set()
+    strings: set[str] = set()
     try:
-        return any(isinstance(arg, str) and arg.startswith(prefix) for _, arg, _ in pickletools.genops(data))
-    except (ValueError, pickle.UnpicklingError):  # a malformed stream: the loader names the problem
-        return False
+        for _, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str):
+                strings.update(arg.split(" ") if " " in arg else (arg,))  # a GLOBAL opcode holds "module name"
+    except (ValueError, pickle.UnpicklingError):
+        return set()
+    return strings
+
+
+def pickle_mentions(path: Path, prefix: str) -> bool:
+    """True when the torch file's pickle names a global starting with ``prefix`` (its strings are read, nothing
+    is run); False for anything that is not a readable torch zip file."""
+    return any(s.startswith(prefix) for s in pickle_strings(path))
 
 
 def model_of_checkpoint(ckpt: dict[str, Any], path: str | Path) -> nn.Module:

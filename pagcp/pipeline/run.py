@@ -90,8 +90,9 @@ def load_job(settings: RunSettings) -> Job:
     o = settings.oracle
     cfg = family.data_config(o.data)
     torch.manual_seed(o.seed)  # a config name gets random weights: the same ones on every (resumed) run
-    nc = int(cfg["nc"]) if family.is_config(settings.weights) else None  # a new network: the data's classes
-    model = family.load(settings.weights, nc=nc, device=device)
+    new = family.is_config(settings.weights)  # a new network: the data's classes (and what else it needs)
+    nc, options = (int(cfg["nc"]), family.config_options(cfg)) if new else (None, {})
+    model = family.load(settings.weights, nc=nc, device=device, **options)
     family.check_data(model, cfg, settings.weights, o.data)
     if not cfg.get("val"):
         raise ConfigError(f"--data {o.data}: no 'val' split to score the models on")
