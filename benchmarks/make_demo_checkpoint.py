@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> Path:
     args.data = args.data or DEMO_OF_TASK[yolo.task]
     data = load_data_config(args.data)["yaml_file"]
     key = METRIC_OF_TASK[yolo.task]
+    prefix = {"segment": "mask_", "pose": "pose_"}.get(yolo.task, "")  # the metric's name in pagcp's reports
 
     def stop_when_good(trainer) -> None:
         fitness = trainer.metrics.get(f"metrics/mAP50-95({key})", 0.0)
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> Path:
     plain = out.with_name(out.name[: -len(".xz")]) if out.name.endswith(".xz") else out
     save_ultralytics_file(model, plain, task=yolo.task, source="ultralytics", trained_on=f"pagcp {args.data} dataset "
                           f"{Path(data).parent.name} (python -m pagcp.data.demo)", command=command,
-                          epochs=reached["epoch"], img_size=args.img, map50=round(reached["map50"], 3),
-                          map50_95=round(reached["map50_95"], 3), resumed=bool(args.resume),
+                          epochs=reached["epoch"], img_size=args.img, **{f"{prefix}map50": round(reached["map50"], 3),
+                          f"{prefix}map50_95": round(reached["map50_95"], 3)}, resumed=bool(args.resume),
                           ultralytics_train_minutes=round((time.time() - start) / 60, 1))  # fmt: skip
     if plain != out:
         out.write_bytes(lzma.compress(plain.read_bytes(), preset=9 | lzma.PRESET_EXTREME))

@@ -60,7 +60,9 @@ _MAPS = {"map50_95": "mAP50-95", "mask_map50_95": "mask mAP50-95", "pose_map50_9
 
 
 def _map_words(r: dict[str, Any], metric: str) -> str:
-    return (f"{_MAPS[metric]} {r[f'{metric}_before']:.3f} → {r[f'{metric}_after']:.3f} pruned → "
+    multitask = any(f"{m}_before" in r for m in ("mask_map50_95", "pose_map50_95"))
+    name = "box mAP50-95" if multitask and metric == "map50_95" else _MAPS[metric]
+    return (f"{name} {r[f'{metric}_before']:.3f} → {r[f'{metric}_after']:.3f} pruned → "
             f"{r[f'{metric}_finetuned']:.3f}")  # fmt: skip
 
 

@@ -43,7 +43,7 @@ def _gap(student, teacher, batch) -> float:
         return float(head_distillation(student.eval()(batch), teacher.eval()(batch)))
 
 
-@pytest.mark.parametrize("name", ["yolov8n-demo", "yolo26n-demo"])
+@pytest.mark.parametrize("name", ["yolov8n-demo", "yolo26n-demo", "yolov8n-seg-demo", "yolo11n-pose-demo"])
 def test_a_few_steps_lower_the_distillation_loss(name):
     teacher, student = _pair(name)
     batch = torch.rand(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(0))

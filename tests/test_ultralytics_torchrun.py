@@ -1,7 +1,7 @@
 """An Ultralytics model under torchrun: 2 processes (gloo, CPU) search as 1 process does (the same keep-masks,
 decisions and evaluations in state.json), then in the same launch the main process fine-tunes (Ultralytics'
 trainer, in a child process outside torchrun) while the other waits, and every process ends with the
-fine-tuned model and the report of 1 process."""
+fine-tuned model and the report of 1 process; a segmentation model searches and validates as in 1 process."""
 
 from __future__ import annotations
 
@@ -54,10 +54,10 @@ sys.exit(main())
 """
 
 
-def _run(command: list[str], project: Path) -> dict:
+def _run(command: list[str], project: Path, args: list[str] = ARGS) -> dict:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1", YOLO_OFFLINE="1")
     project.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([*command, *ARGS, "--project", str(project)], env=env, capture_output=True, text=True,
+    proc = subprocess.run([*command, *args, "--project", str(project)], env=env, capture_output=True, text=True,
                           timeout=900, cwd=project.parent)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -101,3 +101,21 @@ def test_two_processes_search_and_fine_tune_as_one(tmp_path):
     reports = [_untimed(json.loads((ranks / f"rank{rank}.json").read_text())) for rank in (0, 1)]
     assert reports[0] == reports[1] == _untimed({k: v for k, v in two.items() if k != "latency"})
     assert sorted(p.name for p in run_two.parent.iterdir()) == ["exp"]  # one folder: the main process made it
+
+
+def test_a_segmentation_model_searches_and_validates_under_torchrun_as_in_one_process(tmp_path):
+    """yolov8n-seg-demo: the oracle's masks come from Ultralytics' loader in every process, and its validator runs
+    in the main process alone (it would otherwise wait for the other process at its gathers): the same search,
+    GFLOPs and box and mask mAP as 1 process."""
+    args = ["--weights", "yolov8n-seg-demo", "--data", "demo-seg:train=16,val=8,img=96", "--img", "64", "--batch",
+            "4", "--subset", "8", "--compression", "backbone", "--finetune-epochs", "0", "--no-latency", "--device",
+            "cpu", "--json"]  # fmt: skip
+    one = _run([sys.executable, "-m", "pagcp.prune"], tmp_path / "one" / "runs", args)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+              str(free_port()), "-m", "pagcp.prune"]  # fmt: skip
+    two = _run(launch, tmp_path / "two" / "runs", args)
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert _state(Path(two["run_dir"])) == _state(Path(one["run_dir"]))
+    assert two["units"] == one["units"] and two["evaluations"] == one["evaluations"] > 0
+    for key in ("gflops_after", "map50_95_after", "mask_map50_95_after", "mask_map50_after"):
+        assert two[key] == one[key], key

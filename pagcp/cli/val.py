@@ -98,7 +98,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = select_device(args.device)
     cfg = load_data_config(args.data)
     family = family_for_weights(args.weights)
-    model = family.load(args.weights, nc=cfg["nc"] if family.is_config(args.weights) else None, device=device)
+    new = family.is_config(args.weights)  # a new network: the data's classes (and what else it takes from them)
+    model = family.load(args.weights, nc=cfg["nc"] if new else None, device=device,
+                        **(family.config_options(cfg) if new else {}))  # fmt: skip
     family.check_data(model, cfg, args.weights, args.data)
     if not hasattr(family, "for_validation"):
         raise ConfigError(f"--weights {args.weights}: {family.title} models are not YOLO detectors pagcp.val scores")

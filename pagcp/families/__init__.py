@@ -3,7 +3,8 @@
 - :class:`Family` (:mod:`.base`): the protocol a family implements (recognise, load, save, head, strides,
   classes, leaves and head matcher, tasks and loss, oracle batches, validation, fine-tuning, export).
 - :mod:`.registry`: :data:`~pagcp.families.registry.FAMILIES` (the shipped ones: :mod:`.yolov5`,
-  :mod:`.ultralytics_detect`), :func:`register` for new ones, and the lookups :func:`family_of` (a model),
+  :mod:`.ultralytics_detect`, :mod:`.ultralytics_segment`, :mod:`.ultralytics_pose`), :func:`register` for new
+  ones, and the lookups :func:`family_of` (a model),
   :func:`family_for_weights` (a ``--weights`` value), :func:`load_model`, :func:`save_model` and
   :func:`problem_of` (the oracle's problem of a model over image files or other items).
 - :func:`trace`: ``pagcp.trace``, the channel graph with the model's family's leaves and head matcher.

@@ -94,15 +94,19 @@ def family_for_weights(spec: str | Path) -> Family:
     raise CheckpointError(f"{spec}: no such file, and not a bundled model; bundled: {', '.join(bundled)}")
 
 
-def load_model(spec: str | Path, nc: int | None = None, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(
+    spec: str | Path, nc: int | None = None, device: str | torch.device = "cpu", **options: Any
+) -> nn.Module:
     """The model a ``--weights`` value names, by its family: eval mode, float32, on ``device``.
 
-    ``spec``: a bundled config name ('yolov5s'), a bundled checkpoint name ('yolov5n-demo', 'yolov8n-demo'), a
-    model yaml (pagcp's YOLOv5 configs, any Ultralytics detection yaml), an official YOLOv5 ``.pt``, an
-    Ultralytics ``.pt`` or a pagcp checkpoint (official checkpoints through allow-listing unpicklers). ``nc``
-    sets a config's class count; for a checkpoint it must match the file's.
+    ``spec``: a bundled config name ('yolov5s'), a bundled checkpoint name ('yolov5n-demo', 'yolov8n-demo',
+    'yolov8n-seg-demo', 'yolo11n-pose-demo'), a model yaml (pagcp's YOLOv5 configs, any Ultralytics detection,
+    segmentation or pose yaml), an official YOLOv5 ``.pt``, an Ultralytics ``.pt`` or a pagcp checkpoint
+    (official checkpoints through allow-listing unpicklers). ``nc`` sets a config's class count; for a checkpoint
+    it must match the file's; ``options`` are what else a config takes from the data
+    (:meth:`~pagcp.families.base.Family.config_options`, e.g. a pose yaml's ``data_kpt_shape``).
     """
-    return family_for_weights(spec).load(spec, nc=nc, device=device)
+    return family_for_weights(spec).load(spec, nc=nc, device=device, **options)
 
 
 def save_model(model: nn.Module, path: str | Path, **meta: object) -> Path:

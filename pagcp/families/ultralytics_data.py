@@ -8,13 +8,15 @@ polygons, keypoints): the oracle's batches, the validation of a model of such a 
   no labels cache beside the dataset's labels.
 - :func:`task_metrics`: Ultralytics' validator of the task run on a copy of the model (its validator fuses
   the network it is given) on the val split, its log kept off stdout (a ``--json`` line stays the only thing
-  there): box mAP50 / mAP50-95 and the task's own (mask or pose) beside them.
+  there) and, under torchrun, as in a single process (pagcp validates in the main process only): box mAP50 /
+  mAP50-95 and the task's own (mask or pose) beside them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import sys
 import tempfile
 from pathlib import Path
@@ -57,6 +59,19 @@ def _quiet() -> contextlib.ExitStack:
     stack.callback(LOGGER.setLevel, level)
     LOGGER.setLevel("WARNING")
     stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+    return stack
+
+
+def _one_process() -> contextlib.ExitStack:
+    """Ultralytics' validator as in a process of its own, for the duration: under torchrun it reads the launch's
+    ranks (taken when it was imported) and waits for the other processes at barriers and gathers, while pagcp
+    validates in the main process alone."""
+    stack = contextlib.ExitStack()
+    for name in ("ultralytics.engine.validator", "ultralytics.models.yolo.detect.val"):
+        module = importlib.import_module(name)
+        for rank in ("RANK", "LOCAL_RANK"):
+            if hasattr(module, rank):
+                stack.enter_context(mock.patch.object(module, rank, -1))
     return stack
 
 
@@ -115,14 +130,12 @@ def task_metrics(model: nn.Module, data_yaml: str, img: int, task: str, device: 
     """Box and task mAP of ``model`` on the val split of ``data_yaml`` by Ultralytics' validator (see the
     module docstring), named as :func:`task_metric_names` says."""
     require_ultralytics()
-    import importlib
-
     module, cls = _VALIDATORS[task]
     args = {"task": task, "data": data_yaml, "imgsz": img, "batch": batch, "workers": workers, "plots": False,
             "save_json": False, "half": False, "verbose": False, "rect": True,
             "device": "cpu" if device.type == "cpu" else str(device.index or 0)}  # fmt: skip
-    validator = getattr(importlib.import_module(module), cls)(args=args)
-    with _quiet():
+    with _quiet(), _one_process():
+        validator = getattr(importlib.import_module(module), cls)(args=args)
         stats = validator(model=copy.deepcopy(model).float().eval())
     suffix, _ = _TASK_METRICS[task]
     values = (stats["metrics/mAP50(B)"], stats["metrics/mAP50-95(B)"], stats[f"metrics/mAP50({suffix})"],
