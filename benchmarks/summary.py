@@ -117,11 +117,19 @@ def _quality_command(q: dict[str, Any], name: str) -> str:
     methods = [m for m in quality_stats.BASELINES if any(quality_stats.method_key(r["method"]) == m for r in rows)]
     if methods != list(quality_stats.BASELINES):
         flags.append(f"--methods {','.join(methods)}")
+    schedules = _schedules(rows)
+    if schedules != list(quality_stats.SCHEDULES):
+        flags.append(f"--schedules {','.join(schedules)}")
     flags += _smaller_flags([r for r in rows if r["method"] == "smaller-stock"])
     flags += [f"--{k} {st[k]}" for k in ("levers", "distill") if k in st]
     if name != "quality":
         flags.append(f"--out benchmarks/results/{name}.json --plot benchmarks/{name}.png")
     return " ".join(["python benchmarks/bench_quality.py", *flags])
+
+
+def _schedules(rows: list[dict[str, Any]]) -> list[str]:
+    """The baseline schedules the rows hold, in the benchmark's order."""
+    return [s for s in quality_stats.SCHEDULES if any(r["schedule"] == s for r in rows)]
 
 
 def _smaller_flags(rows: list[dict[str, Any]]) -> list[str]:
@@ -152,12 +160,17 @@ def _quality_words(q: dict[str, Any]) -> str:
     scratch = sorted({r["scratch_epochs"] for r in rows if r["method"] == "smaller-stock"})
     smaller = (f"; `smaller-stock`: the same YOLOv5 config at a width matched to PAGCP's GFLOPs, trained from random "
                f"weights (`--hyp scratch`) for {', '.join(map(str, scratch))} epochs") if scratch else ""  # fmt: skip
-    return (f"every method fine-tuned for the same budget ({', '.join(map(str, budgets))} epochs) on {train} "
+    words = {"oneshot": "in one shot (`oneshot`)", "iterative": "in PAGCP's cycles at its waypoints (`iterative`)"}
+    schedules = " and ".join(words[s] for s in _schedules(rows))
+    task = quality_stats.task_metric(rows)
+    scores = f"box and {task.split('_')[0]} mAP50-95" if task else "mAP50-95"
+    plural = "" if budgets == [1] else "s"
+    return (f"every method fine-tuned for the same budget ({', '.join(map(str, budgets))} epoch{plural}) on {train} "
             f"({trainer}, batch {st['batch']}), seeds {', '.join(map(str, seeds))}; PAGCP's oracle on {st['subset']} "
             f"train images (checked to hold no val image), its cycles (one epoch each) counted in its budget; "
-            f"baselines in one shot (`oneshot`) and in PAGCP's cycles at its waypoints (`iterative`); mAP50-95 on "
-            f"{val}{smaller}; figures are means over the seeds with their range (min–max); latency: ONNX Runtime "
-            "CPU, batch 1, median / min of runs interleaved with the unpruned model's")  # fmt: skip
+            f"baselines {schedules}; {scores} on {val}{smaller}; figures are means over the seeds with their range "
+            "(min–max); latency: ONNX Runtime CPU, batch 1, median / min of runs interleaved with the unpruned "
+            "model's")  # fmt: skip
 
 
 def _quality_table(q: dict[str, Any], name: str) -> list[str]:

@@ -8,6 +8,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -48,8 +49,8 @@ def test_the_benchmark_exits_non_zero_on_an_unmatched_row(monkeypatch, tmp_path)
         add(_row("uniform", "oneshot", 0, 0.45, vs=0.97))
 
     monkeypatch.setattr(bq, "run_grid", grid)
-    monkeypatch.setattr(bq, "load_data_config", lambda data: {})
     monkeypatch.setattr(pagcp, "load_model", lambda weights: None)
+    monkeypatch.setattr(bq, "family_of", lambda model: SimpleNamespace(data_config=lambda data: {}))
     with pytest.raises(SystemExit, match=r"uniform \(oneshot\) at 0.5x, seed 0, 3 epochs: 0.9700"):
         bq.main(["--out", str(tmp_path / "q.json"), "--plot", ""])
     saved = json.loads((tmp_path / "q.json").read_text())
