@@ -219,12 +219,6 @@ def render_scene(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
     return img, objects
 
 
-def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, list[Box]]:
-    """One demo image and its boxes ``(class, x0, y0, x1, y1)`` in pixels (x1, y1 exclusive)."""
-    img, objects = render_scene(seed, split, index, size)
-    return img, [(cls, x0, y0, x0 + m.shape[1], y0 + m.shape[0]) for cls, x0, y0, m in objects]
-
-
 def _write_split_chunk(args: tuple[str, int, str, int, range, str]) -> list[list[Box]]:
     out, seed, split, size, indices, kind = args
     all_boxes = []
