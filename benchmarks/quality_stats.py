@@ -209,7 +209,7 @@ def markdown_table(rows: Iterable[dict[str, Any]]) -> str:
     mAP50-95 too), ONNX Runtime latency, PAGCP's cycles."""
     rows = list(rows)
     task = task_metric(rows)
-    extra = f" {_METRIC_NAMES[task]} fine-tuned |" if task else ""
+    extra = f" {METRIC_NAMES[task]} fine-tuned |" if task else ""
     lines = ["| budget | target | method | schedule | seeds | GFLOPs (vs PAGCP) | params | mAP50-95 fine-tuned | "
              f"mAP50 fine-tuned |{extra} latency ms, ORT CPU median / min | cycles |",
              "|---:|---|---|---|---|---:|---:|---:|---:|" + ("---:|" if task else "") + "---:|---:|"]  # fmt: skip
@@ -229,12 +229,12 @@ def markdown_table(rows: Iterable[dict[str, Any]]) -> str:
 
 
 #: how the tables name a metric
-_METRIC_NAMES = {"map50_95": "mAP50-95", "mask_map50_95": "mask mAP50-95", "pose_map50_95": "pose mAP50-95"}
+METRIC_NAMES = {"map50_95": "mAP50-95", "mask_map50_95": "mask mAP50-95", "pose_map50_95": "pose mAP50-95"}
 
 
 def verdict_table(rows: Iterable[dict[str, Any]], metric: str = "map50_95") -> str:
     """PAGCP against each baseline's better schedule, per budget and target (``metric`` fine-tuned)."""
-    name = _METRIC_NAMES[metric]
+    name = METRIC_NAMES[metric]
     lines = [f"| budget | target | baseline | better schedule | baseline {name} | PAGCP {name} | gap | "
              "larger range | PAGCP is |", "|---:|---|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
     for v in verdicts(rows, metric):

@@ -50,18 +50,18 @@ def _prune_rows(p: dict[str, Any]) -> list[str]:
             f"{r['subset']} {r['oracle_split']} images: GFLOPs "
             f"{r['gflops_before']:.3f} → {r['gflops_after']:.3f} ({r['gflops_after'] / r['gflops_before']:.0%}), "
             f"params {r['params_before'] / 1e6:.2f} M → {r['params_after'] / 1e6:.2f} M; "
-            f"{'; '.join(_map_words(r, m) for m in _MAPS if f'{m}_before' in r)} after one fine-tuning epoch; "
+            f"{'; '.join(_map_words(r, m) for m in _REPORTED if f'{m}_before' in r)} after one fine-tuning epoch; "
             f"{r['evaluations']} candidate evaluations; {p['wall_s'] / 60:.1f} min in all{speed} "
             f"| {p['date']}, {p['machine']} |"]  # fmt: skip
 
 
-#: the mAP50-95 of a prune report (box, then a segmentation or pose model's mask or pose), and their names
-_MAPS = {"map50_95": "mAP50-95", "mask_map50_95": "mask mAP50-95", "pose_map50_95": "pose mAP50-95"}
+#: the mAP50-95 of a prune report: box, then a segmentation or pose model's mask or pose
+_REPORTED = tuple(quality_stats.METRIC_NAMES)
 
 
 def _map_words(r: dict[str, Any], metric: str) -> str:
     multitask = any(f"{m}_before" in r for m in ("mask_map50_95", "pose_map50_95"))
-    name = "box mAP50-95" if multitask and metric == "map50_95" else _MAPS[metric]
+    name = "box mAP50-95" if multitask and metric == "map50_95" else quality_stats.METRIC_NAMES[metric]
     return (f"{name} {r[f'{metric}_before']:.3f} → {r[f'{metric}_after']:.3f} pruned → "
             f"{r[f'{metric}_finetuned']:.3f}")  # fmt: skip
 

@@ -172,6 +172,8 @@ class Executor:
         self.order: list[fx.Node] = [n for n in graph.gm.graph.nodes if n not in fused]
         self.weights = CompactWeights(graph)
         self._plans: dict[str, UnitPlan] = {}
+        #: per leaf: the leaf and the modules inside it that run in training mode (found once, not per call)
+        self._train_mode: dict[str, list[nn.Module]] = {}
         #: where the model's weights, and so the executor's values, are
         first = next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
         self.device = first.device if first is not None else torch.device("cpu")
@@ -347,7 +349,9 @@ class Executor:
             return F.linear(args[0], self.weights.linear(name, module), module.bias)
         overrides = self.weights.leaf_overrides(name, module)
         # the leaf, and any train-mode module inside it, runs its training branch (its norms stay in eval)
-        flipped = [m for m in module.modules() if isinstance(m, self.train_mode_leaves) and not m.training]
+        if name not in self._train_mode:
+            self._train_mode[name] = [m for m in module.modules() if isinstance(m, self.train_mode_leaves)]
+        flipped = [m for m in self._train_mode[name] if not m.training]
         for m in flipped:
             m.training = True
         try:

@@ -30,6 +30,7 @@ from pagcp.data import load_data_config
 from pagcp.engine.oracle import Batch
 from pagcp.errors import ConfigError
 from pagcp.families.ultralytics_base import UltralyticsFamily
+from pagcp.families.ultralytics_loss import loss_hyperparameters
 from pagcp.families.yolo_format import VAL_BATCH
 from pagcp.models.ultralytics_io import require_ultralytics
 
@@ -78,8 +79,6 @@ def _one_process() -> contextlib.ExitStack:
 def _dataset_cfg(model: nn.Module, task: str, img: int) -> Any:
     """Ultralytics' default settings with the task, image size and the model's own mask settings."""
     from ultralytics.cfg import get_cfg
-
-    from pagcp.families.ultralytics_loss import loss_hyperparameters
 
     hyp = loss_hyperparameters(model)
     return get_cfg(overrides={"task": task, "imgsz": img, "mask_ratio": hyp.mask_ratio,

@@ -70,7 +70,7 @@ def yaml_task(path: Path) -> str:
     name's suffix as Ultralytics names its configs (``yolov8n-seg.yaml``: segment)."""
     if path.is_file():
         cfg = yaml.safe_load(path.read_text()) or {}
-        layers = cfg.get("head") or cfg.get("backbone") or [] if isinstance(cfg, dict) else []
+        layers = (cfg.get("head") or cfg.get("backbone") or []) if isinstance(cfg, dict) else []
         last = str(layers[-1][2]) if layers and isinstance(layers[-1], list) and len(layers[-1]) > 2 else ""
         return next((task for task, heads in TASK_HEADS.items() if last in heads), "other" if last else "detect")
     stem = path.stem

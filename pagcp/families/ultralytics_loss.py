@@ -62,13 +62,6 @@ def criterion_tasks(model: nn.Module, criterion: Any = None) -> tuple[str, ...]:
     return (*branch, *(t + ONE_TO_ONE for t in branch)) if is_end_to_end(head) else branch
 
 
-def detection_tasks(head: nn.Module) -> tuple[str, ...]:
-    """The task names of a Detect head's loss (no model needed), in the order :func:`ultralytics_task_loss`
-    returns them for a detection model."""
-    branch = ("box", "cls", "dfl" if int(head.reg_max) > 1 else "l1")
-    return (*branch, *(t + ONE_TO_ONE for t in branch)) if is_end_to_end(head) else branch
-
-
 def loss_hyperparameters(model: nn.Module) -> Any:
     """Ultralytics' default hyper-parameters overlaid with the model's own ``args`` (box/cls/dfl gains, ...)."""
     require_ultralytics()
