@@ -2,7 +2,7 @@
 magnitude and random channels (each in one shot and in PAGCP's cycles), and optionally a smaller stock network
 trained from scratch, over seeds and budgets.
 
-    python benchmarks/bench_quality.py [--targets 0.7,0.5,0.35] [--epochs 3] [--seeds 0,1] [--cycles 2] [--json]
+    python benchmarks/bench_quality.py [--targets 0.7,0.5,0.35] [--epochs 3] [--seeds 0,1] [--cycles 1] [--json]
     python benchmarks/bench_quality.py --epochs 1,3,10 --smaller          # a budget axis; the scratch row
     python benchmarks/bench_quality.py --summarize benchmarks/results/quality.json   # tables and plot again
 
@@ -14,7 +14,10 @@ Rows, per target fraction F of the original GFLOPs, seed s and budget E (``--epo
   split drawn with seed s, and every run folder is checked to hold no val image (:mod:`quality_checks`); the
   cycles stop at the first that meets F. The final model is then fine-tuned for the epochs left: E minus one
   per cycle run (with C = 1 the run fine-tunes nothing, so all E). Its final GFLOPs are what every other row
-  of (F, s, E) is matched to, within ±2 % (the benchmark fails otherwise).
+  of (F, s, E) is matched to, within ±2 % (the benchmark fails otherwise). ``--cycles`` defaults to 1, what
+  ``python -m pagcp.prune --target-gflops F`` does (rounds back to back to F, then the whole budget on the
+  final architecture): the table measures the product's default, and more cycles are a lever of their own
+  (``--cycles 2`` into another ``--out``), never a setting picked by its val mAP.
 - ``uniform``, ``random``, ``tp-global`` (``global`` where Torch-Pruning cannot prune the model), each with
   schedule ``oneshot`` (one step from the original model, then E epochs) and ``iterative`` (PAGCP's number
   of cycles at PAGCP's per-cycle waypoints, one epoch each, then the rest of E): :mod:`quality_methods`.
@@ -36,12 +39,13 @@ already there, so an interrupted benchmark continues and a new seed or budget ad
 file's other settings must match (else the benchmark refuses it). :mod:`quality_stats` gives the tables:
 mean and range over seeds, and PAGCP's verdict (ahead, behind, tie) against each baseline's better schedule.
 
-Cost, measured by the ``seconds`` of ``results/quality.json`` (yolov5n-demo, 320 px, 3-epoch budget, 2 shared
+Cost, measured on the 2026-12-03 rows (``benchmarks/RESULTS.md``; yolov5n-demo, 320 px, 3-epoch budget, 2 shared
 CPU cores): a PAGCP row 995-1145 s (search 258-593 s of it; 0.3 CPU-hour), a one-shot baseline row 328-1187 s
 (mean 679 s, 0.19 CPU-hour), most of it the fine-tuning. An iterative row costs about a one-shot one plus a
 re-trace, a re-match and a validation per cycle; a smaller-stock row about scratch-epochs / 3 one-shot rows
-(24 epochs: 1.5 CPU-hours). The default grid (3 targets, 2 seeds, 3 baselines x 2 schedules) is 6 PAGCP rows
-and 36 baseline rows, about 9 CPU-hours; every further budget adds its fine-tunes (about 180 s per epoch).
+(24 epochs: 1.5 CPU-hours). The default grid (3 targets, 2 seeds, 3 baselines; one cycle, so no iterative rows)
+is 6 PAGCP rows and 18 baseline rows, about 5 CPU-hours; ``--cycles 2`` adds 18 iterative rows (about 9 in
+all); every further budget adds its fine-tunes (about 180 s per epoch).
 """
 
 from __future__ import annotations

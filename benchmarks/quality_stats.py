@@ -29,7 +29,7 @@ SCHEDULE_ORDER = ("-", "cycles", "oneshot", "iterative", "scratch")
 BASELINES = ("uniform", "tp-global", "random")
 SCHEDULES = ("oneshot", "iterative")
 DEFAULTS = {"weights": "yolov5n-demo", "data": "demo", "img": 320, "subset": 64, "batch": 16, "hyp": "finetune",
-            "targets": "0.7,0.5,0.35", "epochs": "3", "seeds": "0,1", "cycles": 2, "original_epochs": 21}  # fmt: skip
+            "targets": "0.7,0.5,0.35", "epochs": "3", "seeds": "0,1", "cycles": 1, "original_epochs": 21}  # fmt: skip
 
 
 def unmatched(rows: Iterable[dict[str, Any]]) -> list[str]:
