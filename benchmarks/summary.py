@@ -60,7 +60,7 @@ _REPORTED = tuple(quality_stats.METRIC_NAMES)
 
 
 def _map_words(r: dict[str, Any], metric: str) -> str:
-    multitask = any(f"{m}_before" in r for m in ("mask_map50_95", "pose_map50_95"))
+    multitask = any(f"{m}_before" in r for m in _REPORTED[1:])  # a mask or pose metric beside the box's
     name = "box mAP50-95" if multitask and metric == "map50_95" else quality_stats.METRIC_NAMES[metric]
     return (f"{name} {r[f'{metric}_before']:.3f} → {r[f'{metric}_after']:.3f} pruned → "
             f"{r[f'{metric}_finetuned']:.3f}")  # fmt: skip
@@ -163,7 +163,7 @@ def _quality_words(q: dict[str, Any]) -> str:
     words = {"oneshot": "in one shot (`oneshot`)", "iterative": "in PAGCP's cycles at its waypoints (`iterative`)"}
     schedules = " and ".join(words[s] for s in _schedules(rows))
     task = quality_stats.task_metric(rows)
-    scores = f"box and {task.split('_')[0]} mAP50-95" if task else "mAP50-95"
+    scores = f"box and {quality_stats.METRIC_NAMES[task]}" if task else "mAP50-95"
     plural = "" if budgets == [1] else "s"
     return (f"every method fine-tuned for the same budget ({', '.join(map(str, budgets))} epoch{plural}) on {train} "
             f"({trainer}, batch {st['batch']}), seeds {', '.join(map(str, seeds))}; PAGCP's oracle on {st['subset']} "
